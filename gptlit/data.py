@@ -1,0 +1,162 @@
+"""The book's data pipeline (section 2.6 / 5.1.3) as a LightningDataModule.
+
+A UTF-8 text is split by characters into train and validation parts, each part is tokenized, and windows of
+``context_length`` tokens are cut every ``stride`` tokens, the targets shifted by one token.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gptlit.errors import UserError
+from gptlit.tokenizer import encode
+
+# The train-loss estimate shuffles on purpose (the book's evaluate_model reads the shuffled train loader).
+warnings.filterwarnings("ignore", message=r".*val_dataloader.*shuffling enabled")
+
+VERDICT_URL = (
+    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
+)
+
+
+class TokenWindows(Dataset):
+    """Input/target windows over one token sequence, sliced on demand rather than copied."""
+
+    def __init__(self, tokens: torch.Tensor, context_length: int, stride: int):
+        self.tokens = tokens
+        self.context_length = context_length
+        self.stride = stride
+        # The book's range(0, len(tokens) - context_length, stride): every window has a full shifted target.
+        self.n = len(range(0, len(tokens) - context_length, stride))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        start = i * self.stride
+        chunk = self.tokens[start : start + self.context_length + 1]
+        return chunk[:-1], chunk[1:]
+
+
+def download(url: str, path: Path) -> None:
+    """Fetch ``url`` into ``path`` through a temporary file, so a failed download leaves nothing behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+            out.write(response.read())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"{path} is missing and could not be downloaded from {url} ({err.__class__.__name__}); "
+            f"put a UTF-8 text file there or set data.path=/path/to/text.txt"
+        ) from None
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        path: str = "data/the-verdict.txt",
+        context_length: int = 256,
+        stride: int | None = None,
+        batch_size: int = 2,
+        train_ratio: float = 0.9,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        url: str | None = VERDICT_URL,
+        encoding_errors: str = "strict",
+    ):
+        super().__init__()
+        for name, value in (("context_length", context_length), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"data.{name} must be a positive integer, got {value!r}")
+        stride = context_length if stride is None else stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
+            raise UserError(f"data.stride must be a positive integer or null (= context_length), got {stride!r}")
+        if not 0.0 < train_ratio < 1.0:
+            raise UserError(f"data.train_ratio must be strictly between 0 and 1, got {train_ratio!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise UserError(f"data.num_workers must be a non-negative integer, got {num_workers!r}")
+        self.path = Path(path)
+        self.url = url
+        self.context_length = context_length
+        self.stride = stride
+        self.batch_size = batch_size
+        self.train_ratio = train_ratio
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.encoding_errors = encoding_errors
+        self.train_set: TokenWindows | None = None
+        self.val_set: TokenWindows | None = None
+
+    def prepare_data(self) -> None:
+        if not self.path.exists() and self.url:
+            download(self.url, self.path)
+
+    def read_text(self) -> str:
+        if not self.path.exists():
+            raise UserError(f"data.path {self.path} does not exist; point data.path at a UTF-8 text file")
+        if not self.path.is_file():
+            raise UserError(f"data.path {self.path} is not a file; point data.path at a UTF-8 text file")
+        try:
+            text = self.path.read_text(encoding="utf-8", errors=self.encoding_errors)
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"data.path {self.path} is not valid UTF-8 at byte {err.start}; convert it to UTF-8 or set "
+                "data.encoding_errors=replace to replace the bad bytes"
+            ) from None
+        if not text:
+            raise UserError(f"data.path {self.path} is empty; point data.path at a UTF-8 text file")
+        return text
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        text = self.read_text()
+        split = int(self.train_ratio * len(text))
+        parts = {}
+        for name, part in (("train", text[:split]), ("val", text[split:])):
+            tokens = torch.tensor(encode(part), dtype=torch.long)
+            windows = TokenWindows(tokens, self.context_length, self.stride)
+            if len(windows) == 0:
+                raise UserError(
+                    f"the {name} split of {self.path} has {len(tokens)} tokens but one window needs "
+                    f"{self.context_length + 1}; use a longer text or a smaller data.context_length"
+                )
+            parts[name] = windows
+        if len(parts["train"]) < self.batch_size:
+            raise UserError(
+                f"the train split of {self.path} gives {len(parts['train'])} windows, fewer than one batch of "
+                f"data.batch_size={self.batch_size}; lower data.batch_size or data.stride"
+            )
+        self.train_set, self.val_set = parts["train"], parts["val"]
+
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        # The second loader estimates the training loss in eval mode over the train loader, as the book does.
+        return [
+            self._loader(self.val_set, shuffle=False, drop_last=False),
+            self._loader(self.train_set, shuffle=self.shuffle, drop_last=True),
+        ]

@@ -1,0 +1,175 @@
+"""The GPT-2 architecture of chapter 4 of the book, in one file.
+
+Parameter names and shapes follow the book's ``GPTModel`` so that a ``model.pth`` saved by the book's code
+loads here unchanged. Nothing in this file knows about Lightning or Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptlit.errors import UserError
+
+ATTENTION_KINDS = ("sdpa", "reference")
+
+
+@dataclass
+class GPTConfig:
+    """The book's config mapping as a checked object; the keys are the book's."""
+
+    vocab_size: int = 50257
+    context_length: int = 1024
+    emb_dim: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    drop_rate: float = 0.1
+    qkv_bias: bool = False
+    # "sdpa" runs fused attention kernels; "reference" performs the book's explicit masked softmax, which
+    # consumes the random generator exactly as the book does when dropout is on.
+    attention: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.emb_dim % self.n_heads:
+            raise UserError(
+                f"model.emb_dim ({self.emb_dim}) must be divisible by model.n_heads ({self.n_heads}); "
+                f"pick n_heads among {[h for h in range(1, self.emb_dim + 1) if self.emb_dim % h == 0][:12]}"
+            )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise UserError(f"model.drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        if self.attention not in ATTENTION_KINDS:
+            raise UserError(f"model.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+
+    @classmethod
+    def from_any(cls, cfg: GPTConfig | Mapping[str, Any]) -> GPTConfig:
+        """Accept the book's dict (or any mapping with its keys); keys the model does not use are ignored."""
+        if isinstance(cfg, cls):
+            return cfg
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.head_dim = cfg.head_dim
+        self.drop_rate = cfg.drop_rate
+        self.reference = cfg.attention == "reference"
+        # Created in the book's order (query, key, value, projection) so one seed gives the book's weights.
+        self.W_query = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_key = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.W_value = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(cfg.emb_dim, cfg.emb_dim)
+        self.dropout = nn.Dropout(cfg.drop_rate)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The book keeps its causal mask as a persistent buffer; it is derivable, so we drop it on load.
+        state_dict.pop(prefix + "mask", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q = self._heads(self.W_query(x))
+        k = self._heads(self.W_key(x))
+        v = self._heads(self.W_value(x))
+        if self.reference:
+            scores = (q @ k.transpose(2, 3)).masked_fill(
+                torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf")
+            )
+            weights = self.dropout(torch.softmax(scores / math.sqrt(self.head_dim), dim=-1))
+            context = weights @ v
+        else:
+            context = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.drop_rate if self.training else 0.0, is_causal=True
+            )
+        return self.out_proj(context.transpose(1, 2).reshape(b, t, d))
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with the book's parameter names (scale, shift) and eps, on the fused kernel."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        # A Sequential so the parameter names are the book's (layers.0, layers.2).
+        self.layers = nn.Sequential(
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim), GELU(), nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.att = MultiHeadAttention(cfg)
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg.emb_dim)
+        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.drop_resid = nn.Dropout(cfg.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_resid(self.att(self.norm1(x)))
+        return x + self.drop_resid(self.ff(self.norm2(x)))
+
+
+class GPTModel(nn.Module):
+    def __init__(self, cfg: GPTConfig | Mapping[str, Any]):
+        super().__init__()
+        cfg = GPTConfig.from_any(cfg)
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        seq_len = in_idx.shape[1]
+        if seq_len > self.cfg.context_length:
+            raise UserError(
+                f"input has {seq_len} tokens but the model's context_length is {self.cfg.context_length}; "
+                "crop the input to the last context_length tokens"
+            )
+        pos = torch.arange(seq_len, device=in_idx.device)
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
+        x = self.final_norm(self.trf_blocks(x))
+        return self.out_head(x)
