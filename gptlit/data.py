@@ -155,8 +155,9 @@ class TextDataModule(L.LightningDataModule):
         return self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        # The second loader estimates the training loss in eval mode over the train loader, as the book does.
+        # Evaluation estimates the training loss too, in eval mode over the (shuffled) train loader as the book's
+        # evaluate_model does, and before the val loader, so the random draws of the shuffle are the book's.
         return [
-            self._loader(self.val_set, shuffle=False, drop_last=False),
             self._loader(self.train_set, shuffle=self.shuffle, drop_last=True),
+            self._loader(self.val_set, shuffle=False, drop_last=False),
         ]

@@ -23,7 +23,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class GPTLitModule(L.LightningModule):
     """Trains a GPTModel; every evaluation estimates train and val loss in eval mode, like the book.
 
-    Validation runs two loaders (see TextDataModule.val_dataloader): 0 is the val split, 1 the train split.
+    Validation runs two loaders (see TextDataModule.val_dataloader): 0 is the train split, 1 the val split.
     Each loss is the unweighted mean of per-batch mean losses, the book's calc_loss_loader.
     """
 
@@ -70,14 +70,15 @@ class GPTLitModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum")
-        val_loss, train_loss = (sums[:, 0] / sums[:, 1]).tolist()
+        train_loss, val_loss = (sums[:, 0] / sums[:, 1]).tolist()
         metrics = {
             "val/loss": val_loss,
             "train/loss": train_loss,
             "val/perplexity": math.exp(min(val_loss, 700.0)),
             "tokens_seen": float(self.tokens_seen),
         }
-        self.log_dict(metrics, batch_size=1)
+        # "step" makes the logger record these at the optimizer step the console line shows.
+        self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
         epoch, step = self.current_epoch + 1, self.global_step
         self.history.append(
             {

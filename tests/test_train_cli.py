@@ -1,0 +1,84 @@
+"""train.py and generate.py run as a user runs them, in subprocesses."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from gptlit.generation import generate
+from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
+from gptlit.weights import model_from_checkpoint
+
+from .conftest import ROOT
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, verdict_path):
+    out = tmp_path_factory.mktemp("run")
+    result = run(
+        "train.py", "model=tiny", f"data.path={verdict_path}", "data.context_length=32",
+        "trainer.max_epochs=2", "+trainer.limit_train_batches=6", "trainer.accelerator=cpu",
+        f"hydra.run.dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+
+def test_prints_the_books_lines(run_dir):
+    _, stdout = run_dir
+    lines = [line.strip() for line in stdout.replace("\r", "\n").splitlines()]
+    evals = [line for line in lines if line.startswith("Ep ")]
+    assert [e.split(":")[0] for e in evals] == ["Ep 1 (Step 000005)", "Ep 2 (Step 000010)"]
+    assert all("Train loss " in e and ", Val loss " in e for e in evals)
+    assert sum(line.startswith("Every effort moves you") for line in lines) == 2
+
+
+def test_leaves_tensorboard_scalars_and_text(run_dir):
+    out, _ = run_dir
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "val/loss", "val/perplexity", "tokens_seen"):
+        assert [e.step for e in events.Scalars(tag)] == [5, 10], tag
+    assert any(t.startswith("sample") for t in tags["tensors"])
+    assert events.Scalars("tokens_seen")[-1].value == 10 * 2 * 32
+
+
+def test_leaves_checkpoints_plot_and_config(run_dir):
+    out, _ = run_dir
+    for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "loss-plot.png", "loss-plot.pdf",
+                 ".hydra/config.yaml"):
+        assert (out / name).is_file(), name
+    last = torch.load(out / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 12
+    assert (out / "loss-plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_loads_the_checkpoint(run_dir):
+    out, _ = run_dir
+    ckpt = out / "checkpoints" / "last.ckpt"
+    result = run("generate.py", f"ckpt_path={ckpt}", "prompt=Every effort moves you", "max_new_tokens=12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = model_from_checkpoint(ckpt).eval()
+    expected = token_ids_to_text(generate(model, text_to_token_ids("Every effort moves you"), 12, 32))
+    assert result.stdout.rstrip("\n").endswith(expected)
+
+
+def test_generate_missing_checkpoint_is_one_line(tmp_path):
+    result = run("generate.py", f"ckpt_path={tmp_path / 'nope.ckpt'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: checkpoint {tmp_path / 'nope.ckpt'} does not exist or is not a file; pass the path of a .ckpt file"
+    ]
+
+
+def test_train_bad_config_is_one_line(tmp_path):
+    result = run("train.py", "model=tiny", "model.n_heads=5", f"hydra.run.dir={tmp_path / 'bad'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: model.emb_dim (32) must be divisible by")
+    assert "Traceback" not in result.stderr
