@@ -15,7 +15,7 @@ def train(cfg: DictConfig) -> L.Trainer:
     """Build every part from its config group and fit; returns the trainer for its metrics and paths."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
+    module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer), **cfg.module)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from gptlit.errors import UserError
 from gptlit.model import GPTConfig, GPTModel
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -27,8 +28,22 @@ class GPTLitModule(L.LightningModule):
     Each loss is the unweighted mean of per-batch mean losses, the book's calc_loss_loader.
     """
 
-    def __init__(self, model: GPTConfig | Mapping[str, Any], optimizer: OptimizerFactory | None = None):
+    def __init__(
+        self,
+        model: GPTConfig | Mapping[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        eval_freq: int | None = None,
+        eval_iter: int = 5,
+    ):
+        """``eval_freq=k`` evaluates on the book's schedule instead of through Lightning's validation loop:
+        after optimizer steps 1, 1+k, 1+2k, ... on ``eval_iter`` batches of each split, printed with the book's
+        0-based step numbers (Lightning counts batches from the k-th, so it cannot start at step 1)."""
         super().__init__()
+        for name, value in (("eval_freq", eval_freq), ("eval_iter", eval_iter)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise UserError(f"module.{name} must be a positive integer, got {value!r}")
+        self.eval_freq = eval_freq
+        self.eval_iter = eval_iter
         config = GPTConfig.from_any(model)
         # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config.
         self.save_hyperparameters({"model": config.to_dict()})
@@ -80,6 +95,7 @@ class GPTLitModule(L.LightningModule):
         # "step" makes the logger record these at the optimizer step the console line shows.
         self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
         epoch, step = self.current_epoch + 1, self.global_step
+        printed_step = step - 1 if self.eval_freq else step  # the book counts optimizer steps from 0
         self.history.append(
             {
                 "step": step,
@@ -89,7 +105,23 @@ class GPTLitModule(L.LightningModule):
                 "val_loss": val_loss,
             }
         )
-        self.print(f"Ep {epoch} (Step {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+        self.print(f"Ep {epoch} (Step {printed_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.eval_freq and (self.global_step - 1) % self.eval_freq == 0:
+            self.evaluate_like_the_book()
+
+    @torch.no_grad()
+    def evaluate_like_the_book(self) -> None:
+        """The book's evaluate_model through this module's validation hooks, drawing from the random
+        generator exactly as the book does (one fresh iterator per loader, train first)."""
+        self.model.eval()
+        self.on_validation_epoch_start()
+        for dataloader_idx, loader in enumerate(self.trainer.datamodule.val_dataloader()):
+            for batch_idx, (inputs, targets) in zip(range(self.eval_iter), loader):
+                self.validation_step((inputs.to(self.device), targets.to(self.device)), batch_idx, dataloader_idx)
+        self.on_validation_epoch_end()
+        self.model.train()
 
     def on_fit_start(self) -> None:
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:

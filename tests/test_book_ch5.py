@@ -1,0 +1,52 @@
+"""`experiment=book_ch5` against the book's own train_model_simple, on a tiny model in seconds."""
+
+import re
+
+import torch
+from llms_from_scratch.ch02 import GPTDatasetV1
+from llms_from_scratch.ch04 import GPTModel as BookGPTModel
+from llms_from_scratch.ch05 import train_model_simple
+from torch.utils.data import DataLoader
+
+from gptlit.tokenizer import get_tokenizer
+from train import train
+
+from .test_configs import compose_train
+
+TINY = {"emb_dim": 32, "n_heads": 4, "n_layers": 2}
+CONTEXT, EPOCHS = 64, 2
+
+
+def book_run(text):
+    """Chapter 5's training script, with the model and context shrunk."""
+    tokenizer = get_tokenizer()
+    split = int(0.9 * len(text))
+    torch.manual_seed(123)
+    train_loader = DataLoader(GPTDatasetV1(text[:split], tokenizer, CONTEXT, CONTEXT), batch_size=2,
+                              shuffle=True, drop_last=True)
+    val_loader = DataLoader(GPTDatasetV1(text[split:], tokenizer, CONTEXT, CONTEXT), batch_size=2,
+                            shuffle=False, drop_last=False)
+    torch.manual_seed(123)
+    cfg = {"vocab_size": 50257, "context_length": CONTEXT, "drop_rate": 0.1, "qkv_bias": False, **TINY}
+    model = BookGPTModel(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0004, weight_decay=0.1)
+    train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=EPOCHS, eval_freq=5,
+                       eval_iter=5, start_context="Every effort moves you", tokenizer=tokenizer)
+
+
+def printed_lines(out):
+    return [line.strip() for line in out.replace("\r", "\n").splitlines()
+            if re.match(r"\s*(Ep \d+ \(Step|Every effort)", line)]
+
+
+def test_book_ch5_prints_the_books_lines(tmp_path, verdict_path, verdict_text, capsys):
+    book_run(verdict_text)
+    expected = printed_lines(capsys.readouterr().out)
+    cfg = compose_train(
+        "experiment=book_ch5", f"data.path={verdict_path}", f"data.context_length={CONTEXT}",
+        f"trainer.max_epochs={EPOCHS}", *[f"model.{k}={v}" for k, v in TINY.items()], run_dir=tmp_path,
+    )
+    train(cfg)
+    ours = printed_lines(capsys.readouterr().out)
+    assert sum(line.startswith("Ep ") for line in expected) == 15 and len(expected) == 15 + EPOCHS
+    assert ours == expected
