@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from gptlit.errors import UserError, exit_on_user_error
+from gptlit.cli import check_group_choices, exit_on_user_error
+from gptlit.errors import UserError
 from gptlit.generation import generate
 from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
 from gptlit.weights import model_from_checkpoint
@@ -53,4 +57,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_group_choices(Path(__file__).resolve().parent / "conf", sys.argv[1:])
     main()

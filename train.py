@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gptlit.errors import exit_on_user_error
+from gptlit.cli import check_group_choices, exit_on_user_error
+from gptlit.files import SafeCheckpointIO
+from gptlit.interrupt import TrainingInterrupted, resume_command
 from gptlit.module import GPTLitModule
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
 def train(cfg: DictConfig) -> L.Trainer:
     """Build every part from its config group and fit; returns the trainer for its metrics and paths."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
+    # Read and split the text now, so bad data is reported before a large model is built.
+    datamodule.prepare_data()
+    datamodule.setup("fit")
     module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer), **cfg.module)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[SafeCheckpointIO()])
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -27,9 +38,17 @@ def train(cfg: DictConfig) -> L.Trainer:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        train(cfg)
+    with exit_on_user_error(run_dir=cfg.run_dir):
+        try:
+            train(cfg)
+        except TrainingInterrupted as stop:
+            command = resume_command("train.py", list(HydraConfig.get().overrides.task), stop.ckpt_path,
+                                     Path(cfg.run_dir))
+            print(f"Interrupted at step {stop.step}; checkpoint written to {stop.ckpt_path}. Resume with:\n"
+                  f"  {command}", file=sys.stderr)
+            sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":
+    check_group_choices(CONFIG_DIR, sys.argv[1:])
     main()

@@ -10,16 +10,19 @@ import os
 import urllib.request
 import warnings
 from pathlib import Path
+from typing import Any, Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gptlit.errors import UserError
 from gptlit.tokenizer import encode
 
 # The train-loss estimate shuffles on purpose (the book's evaluate_model reads the shuffled train loader).
 warnings.filterwarnings("ignore", message=r".*val_dataloader.*shuffling enabled")
+# Lightning looks for state on the dataloader; ours is on the datamodule (state_dict below), so it does resume.
+warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
 
 VERDICT_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
@@ -45,6 +48,36 @@ class TokenWindows(Dataset):
         start = i * self.stride
         chunk = self.tokens[start : start + self.context_length + 1]
         return chunk[:-1], chunk[1:]
+
+
+class ResumableRandomSampler(Sampler[int]):
+    """torch's RandomSampler order, random draws included, that can continue an epoch mid-way.
+
+    Each epoch draws its seed from the global generator exactly as RandomSampler does, so a seeded run shuffles
+    as the book's DataLoader(shuffle=True) does; that seed and the position are all a checkpoint needs.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.seed: int | None = None
+        self._resume: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def resume(self, seed: int, start: int) -> None:
+        """Make the next epoch the one shuffled with ``seed``, continuing at position ``start``."""
+        self._resume = (seed, start)
+
+    def __iter__(self) -> Iterator[int]:
+        if self._resume is not None:
+            (seed, start), self._resume = self._resume, None
+        else:
+            seed, start = int(torch.empty((), dtype=torch.int64).random_().item()), 0
+        self.seed = seed
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        yield from torch.randperm(self.n, generator=generator).tolist()[start:]
 
 
 def download(url: str, path: Path) -> None:
@@ -98,6 +131,7 @@ class TextDataModule(L.LightningDataModule):
         self.encoding_errors = encoding_errors
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
+        self.train_sampler: ResumableRandomSampler | None = None
 
     def prepare_data(self) -> None:
         if not self.path.exists() and self.url:
@@ -141,18 +175,40 @@ class TextDataModule(L.LightningDataModule):
             )
         self.train_set, self.val_set = parts["train"], parts["val"]
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else None,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
+        if self.shuffle:
+            if self.train_sampler is None:
+                self.train_sampler = ResumableRandomSampler(len(self.train_set))
+            return self._loader(self.train_set, shuffle=True, drop_last=True, sampler=self.train_sampler)
+        return self._loader(self.train_set, shuffle=False, drop_last=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training epoch stands, so a run interrupted mid-epoch resumes in the same order."""
+        sampler = self.train_sampler
+        if sampler is None or sampler.seed is None or self.trainer is None:
+            return {}
+        # "processed": during on_train_batch_end, where checkpoints are taken mid-epoch, "completed" lags by one.
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if not 0 < done < self.trainer.num_training_batches:
+            return {}  # at an epoch boundary the next epoch draws a fresh order, as it would have anyway
+        return {"train_order_seed": sampler.seed, "train_samples_done": done * self.batch_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "train_order_seed" in state_dict:
+            self.setup("fit")
+            self.train_sampler = ResumableRandomSampler(len(self.train_set))
+            self.train_sampler.resume(state_dict["train_order_seed"], state_dict["train_samples_done"])
 
     def val_dataloader(self) -> list[DataLoader]:
         # Evaluation estimates the training loss too, in eval mode over the (shuffled) train loader as the book's

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Callable, Iterable, Mapping
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -34,11 +36,18 @@ class GPTLitModule(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         eval_freq: int | None = None,
         eval_iter: int = 5,
+        on_nonfinite: str = "stop",
     ):
         """``eval_freq=k`` evaluates on the book's schedule instead of through Lightning's validation loop:
         after optimizer steps 1, 1+k, 1+2k, ... on ``eval_iter`` batches of each split, printed with the book's
-        0-based step numbers (Lightning counts batches from the k-th, so it cannot start at step 1)."""
+        0-based step numbers (Lightning counts batches from the k-th, so it cannot start at step 1).
+
+        ``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
+        already written stay as they are) or "skip" the batch without an optimizer step."""
         super().__init__()
+        if on_nonfinite not in ("stop", "skip"):
+            raise UserError(f"module.on_nonfinite must be stop or skip, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
         for name, value in (("eval_freq", eval_freq), ("eval_iter", eval_iter)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise UserError(f"module.{name} must be a positive integer, got {value!r}")
@@ -53,6 +62,7 @@ class GPTLitModule(L.LightningModule):
         # The book's (train_losses, val_losses, track_tokens_seen) with the step and epoch of each evaluation.
         self.history: list[dict[str, float]] = []
         self._eval_sums = torch.zeros(2, 2, dtype=torch.float64)
+        self._rng_states: dict[str, Any] | None = None
 
     @property
     def config(self) -> GPTConfig:
@@ -69,6 +79,15 @@ class GPTLitModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         loss = cross_entropy(self.model(inputs), targets)
+        if not torch.isfinite(loss):
+            where = f"at step {self.global_step + 1} (epoch {self.current_epoch + 1}, batch {batch_idx + 1})"
+            if self.on_nonfinite == "skip":
+                self.print(f"warning: training loss is {loss.item()} {where}; batch skipped")
+                return None  # Lightning then skips backward and the optimizer step
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} {where}; the run stopped and the checkpoints written so far are "
+                "kept. Lower optimizer.lr, or set module.on_nonfinite=skip to skip such batches"
+            )
         self.tokens_seen += inputs.numel() * self.trainer.world_size
         self.log("train/batch_loss", loss, prog_bar=True, batch_size=inputs.shape[0])
         return loss
@@ -133,7 +152,43 @@ class GPTLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["history"] = self.history
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.history = list(checkpoint.get("history", []))
+        # Restored now for a resume at an epoch boundary, where the next epoch's shuffle is drawn next, and
+        # again in on_train_start for a resume mid-epoch, after Lightning's first iter() over the train loader
+        # (which draws a worker seed that the uninterrupted run did not draw at this point).
+        self._rng_states = checkpoint.get("rng_states")
+        if self._rng_states is not None:
+            set_rng_states(self._rng_states)
+
+    def on_train_start(self) -> None:
+        if self._rng_states is not None and self.trainer.fit_loop.restarted_mid_epoch:
+            set_rng_states(self._rng_states)
+        self._rng_states = None
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite."""
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random generator training draws from: dropout, shuffling, and Python/NumPy for user code."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # Plain lists rather than an ndarray: checkpoints must load with weights_only=True.
+    numpy_state = [kind, keys.tolist(), pos, has_gauss, gauss]
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

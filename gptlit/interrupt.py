@@ -1,0 +1,66 @@
+"""Ctrl-C or SIGTERM during training: finish the step, write a resumable checkpoint, say how to resume."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import lightning as L
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, signum: int, step: int, ckpt_path: Path):
+        self.signum, self.step, self.ckpt_path = signum, step, ckpt_path
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint {ckpt_path}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process ended by that signal
+
+
+class GracefulInterrupt(L.Callback):
+    """Turn SIGINT and SIGTERM into a clean stop at the next step boundary.
+
+    Stopping mid-step could leave the weights half-updated; here the step in flight finishes, the checkpoint is
+    written (atomically, by the trainer's checkpoint I/O) and the run ends with TrainingInterrupted. A second
+    Ctrl-C stops at once. At the last batch of an epoch the stop waits one more step, because a checkpoint
+    taken mid-epoch is what resumes bit for bit (see TextDataModule.state_dict).
+    """
+
+    def __init__(self, dirpath: str | Path, filename: str = "last"):
+        self.ckpt_path = Path(dirpath) / f"{filename}.ckpt"
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _request(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step ...", file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._request)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self.requested is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+        raise TrainingInterrupted(self.requested, trainer.global_step, self.ckpt_path)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def resume_command(script: str, overrides: list[str], ckpt_path: Path, run_dir: Path) -> str:
+    """The command line that continues this run: the same overrides, from the checkpoint, in the same directory."""
+    kept = [o for o in overrides if not o.lstrip("+").startswith(("ckpt_path=", "hydra.run.dir="))]
+    args = ["python", script, *kept, f"ckpt_path={ckpt_path.resolve()}", f"hydra.run.dir={run_dir.resolve()}"]
+    return " ".join(shlex.quote(a) for a in args)

@@ -1,0 +1,71 @@
+"""A real train.py process, stopped by a real signal, resumes to the same final weights bit for bit."""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import ROOT
+
+ARGS = ["model=tiny", "data.context_length=32", "trainer.max_epochs=2", "trainer.val_check_interval=20",
+        "trainer.accelerator=cpu", "callbacks.loss_plot=null"]
+
+
+def start(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def final_state(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 144  # 72 batches an epoch, 2 epochs
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, verdict_path):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    proc = start(*ARGS, f"data.path={verdict_path}", f"hydra.run.dir={run_dir}")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return final_state(run_dir), [line for line in out.replace("\r", "\n").splitlines() if line.startswith("Ep ")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uninterrupted, signum):
+    expected, expected_lines = uninterrupted
+    run_dir = tmp_path / "run"
+    proc = start(*ARGS, f"data.path={verdict_path}", f"hydra.run.dir={run_dir}")
+    lines = []
+    for line in proc.stdout:  # wait until the run is well into its first epoch
+        lines += [part for part in line.split("\r") if part.startswith("Ep ")]
+        if "Ep 1 (Step 000020)" in line:
+            break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    lines += [part for part in out.replace("\r", "\n").splitlines() if part.startswith("Ep ")]
+    assert proc.returncode == 128 + signum, err[-2000:]
+    match = re.search(r"Interrupted at step (\d+); checkpoint written to (\S+)\. Resume with:\n  (.+)", err)
+    assert match, err[-2000:]
+    step = int(match.group(1))
+    assert 20 <= step < 72
+    assert torch.load(match.group(2), weights_only=True)["global_step"] == step
+
+    command = shlex.split(match.group(3))
+    assert command[:2] == ["python", "train.py"]
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines += [part for part in resumed.stdout.replace("\r", "\n").splitlines() if part.startswith("Ep ")]
+
+    state = final_state(run_dir)
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(state["state_dict"][name], tensor), name
+    for a, b in zip(state["optimizer_states"][0]["state"].values(), expected["optimizer_states"][0]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq"))
+    assert lines == expected_lines
