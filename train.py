@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.errors import exit_on_user_error
+from gptlit.launch import job_launches_itself
 from gptlit.module import GPTLitModule
 
 
@@ -27,7 +28,7 @@ def train(cfg: DictConfig) -> L.Trainer:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
+    with exit_on_user_error(), job_launches_itself():
         train(cfg)
 
 
