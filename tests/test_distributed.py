@@ -113,3 +113,28 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     ddp_weights, one_weights = final_weights(ddp_dir), final_weights(one_dir)
     assert max_weight_diff(ddp_weights, one_weights) < 1e-3
     assert max_weight_diff(final_weights(half_dir), one_weights) > 1e-2
+
+
+@pytest.mark.parametrize("model", ["gpt774m", "gpt1558m"])
+def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from gptlit.model import GPTConfig, GPTModel, TransformerBlock
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[f"model={model}", "trainer=fsdp", "trainer.num_nodes=2", "run_dir=."])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and cfg.trainer.num_nodes == 2
+    assert strategy._state_dict_type == "full"
+    # The policies pick exactly the model's transformer blocks (a model of the same depth, narrower, to
+    # keep the test small).
+    full = instantiate(cfg.model)
+    config = GPTConfig.from_any({**full.to_dict(), "emb_dim": 2 * full.n_heads, "vocab_size": 10})
+    gpt = GPTModel(config)
+    blocks = {m for m in gpt.modules() if isinstance(m, TransformerBlock)}
+    assert len(blocks) == config.n_layers
+    checkpointing = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
+    for policy in (strategy.kwargs["auto_wrap_policy"], checkpointing):
+        assert set(policy._run_policy(gpt, set(), {})) - {gpt} == blocks
