@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlit.cli import check_group_choices, exit_on_user_error
 from gptlit.files import SafeCheckpointIO
 from gptlit.interrupt import TrainingInterrupted, resume_command
+from gptlit.launch import job_launches_itself
 from gptlit.module import GPTLitModule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -23,9 +25,11 @@ def train(cfg: DictConfig) -> L.Trainer:
     """Build every part from its config group and fit; returns the trainer for its metrics and paths."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    # Read and split the text now, so bad data is reported before a large model is built.
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        # Read and split the text now, so bad data is reported before a large model is built. One process per
+        # machine: the others wait for it in Lightning's own prepare_data/setup order.
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer), **cfg.module)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
@@ -38,7 +42,7 @@ def train(cfg: DictConfig) -> L.Trainer:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error(run_dir=cfg.run_dir):
+    with exit_on_user_error(run_dir=cfg.run_dir), job_launches_itself():
         try:
             train(cfg)
         except TrainingInterrupted as stop:

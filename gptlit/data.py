@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from gptlit.errors import UserError
+from gptlit.sampler import BatchShardSampler
 from gptlit.tokenizer import encode
 
 # The train-loss estimate shuffles on purpose (the book's evaluate_model reads the shuffled train loader).
@@ -30,9 +33,13 @@ VERDICT_URL = (
 
 
 class TokenWindows(Dataset):
-    """Input/target windows over one token sequence, sliced on demand rather than copied."""
+    """Input/target windows over one token sequence, sliced on demand rather than copied.
 
-    def __init__(self, tokens: torch.Tensor, context_length: int, stride: int):
+    ``tokens`` is a 1-D tensor or anything sliced like a numpy array (gptlit.corpus.TokenFile reads a
+    memory-mapped uint16 file), so only the window being read is ever in memory.
+    """
+
+    def __init__(self, tokens: torch.Tensor | np.ndarray, context_length: int, stride: int):
         self.tokens = tokens
         self.context_length = context_length
         self.stride = stride
@@ -47,6 +54,9 @@ class TokenWindows(Dataset):
             raise IndexError(i)
         start = i * self.stride
         chunk = self.tokens[start : start + self.context_length + 1]
+        if not isinstance(chunk, torch.Tensor):
+            # uint16 storage has no index type of its own; embeddings and the loss want int64.
+            chunk = torch.from_numpy(chunk.astype(np.int64))
         return chunk[:-1], chunk[1:]
 
 
@@ -158,9 +168,14 @@ class TextDataModule(L.LightningDataModule):
             return
         text = self.read_text()
         split = int(self.train_ratio * len(text))
+        self.set_splits(
+            torch.tensor(encode(text[:split]), dtype=torch.long), torch.tensor(encode(text[split:]), dtype=torch.long)
+        )
+
+    def set_splits(self, train_tokens: torch.Tensor | np.ndarray, val_tokens: torch.Tensor | np.ndarray) -> None:
+        """Cut both token splits into windows, refusing splits too short for one window or one batch."""
         parts = {}
-        for name, part in (("train", text[:split]), ("val", text[split:])):
-            tokens = torch.tensor(encode(part), dtype=torch.long)
+        for name, tokens in (("train", train_tokens), ("val", val_tokens)):
             windows = TokenWindows(tokens, self.context_length, self.stride)
             if len(windows) == 0:
                 raise UserError(
@@ -175,7 +190,31 @@ class TextDataModule(L.LightningDataModule):
             )
         self.train_set, self.val_set = parts["train"], parts["val"]
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Sampler | None = None) -> DataLoader:
+    def _distributed(self) -> bool:
+        return self.trainer is not None and self.trainer.world_size > 1
+
+    def _loader(
+        self,
+        dataset: Dataset,
+        shuffle: bool,
+        drop_last: bool,
+        evaluation: bool = False,
+        sampler: Sampler | None = None,
+    ) -> DataLoader:
+        if self._distributed():
+            # Our own DistributedSampler, so Lightning injects none: its sampler would shuffle the training
+            # set even with data.shuffle=false, and pad evaluation with repeated windows. Lightning calls
+            # set_epoch on either, so shuffled orders change every epoch.
+            trainer = self.trainer
+            ranks = {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            if evaluation:
+                sampler = BatchShardSampler(
+                    dataset, self.batch_size, **ranks, shuffle=shuffle, seed=seed, drop_last=drop_last
+                )
+            else:
+                # drop_last trims the tail so that every rank gets as many windows, none repeated.
+                sampler = DistributedSampler(dataset, **ranks, shuffle=shuffle, seed=seed, drop_last=drop_last)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -187,11 +226,11 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.shuffle:
+        if self.shuffle and not self._distributed():
             if self.train_sampler is None:
                 self.train_sampler = ResumableRandomSampler(len(self.train_set))
             return self._loader(self.train_set, shuffle=True, drop_last=True, sampler=self.train_sampler)
-        return self._loader(self.train_set, shuffle=False, drop_last=True)
+        return self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the training epoch stands, so a run interrupted mid-epoch resumes in the same order."""
@@ -214,6 +253,6 @@ class TextDataModule(L.LightningDataModule):
         # Evaluation estimates the training loss too, in eval mode over the (shuffled) train loader as the book's
         # evaluate_model does, and before the val loader, so the random draws of the shuffle are the book's.
         return [
-            self._loader(self.train_set, shuffle=self.shuffle, drop_last=True),
-            self._loader(self.val_set, shuffle=False, drop_last=False),
+            self._loader(self.train_set, shuffle=self.shuffle, drop_last=True, evaluation=True),
+            self._loader(self.val_set, shuffle=False, drop_last=False, evaluation=True),
         ]

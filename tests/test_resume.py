@@ -44,7 +44,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
     proc = start(*ARGS, f"data.path={verdict_path}", f"hydra.run.dir={run_dir}")
     lines = []
     for line in proc.stdout:  # wait until the run is well into its first epoch
-        lines += [part for part in line.split("\r") if part.startswith("Ep ")]
+        lines += [part.strip() for part in line.split("\r") if part.startswith("Ep ")]
         if "Ep 1 (Step 000020)" in line:
             break
     proc.send_signal(signum)
