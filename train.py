@@ -17,6 +17,7 @@ from gptlit.files import SafeCheckpointIO
 from gptlit.interrupt import TrainingInterrupted, resume_command
 from gptlit.launch import job_launches_itself
 from gptlit.module import GPTLitModule
+from gptlit.weights import read_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -30,6 +31,9 @@ def train(cfg: DictConfig) -> L.Trainer:
         # machine: the others wait for it in Lightning's own prepare_data/setup order.
         datamodule.prepare_data()
         datamodule.setup("fit")
+    if cfg.ckpt_path:
+        # A missing, corrupt or unsafe checkpoint is reported before anything is built or written.
+        read_checkpoint(cfg.ckpt_path)
     module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer), **cfg.module)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from gptlit.errors import UserError
+from gptlit.files import atomic_write
 from gptlit.sampler import BatchShardSampler
 from gptlit.tokenizer import encode
 
@@ -91,15 +92,11 @@ class ResumableRandomSampler(Sampler[int]):
 
 
 def download(url: str, path: Path) -> None:
-    """Fetch ``url`` into ``path`` through a temporary file, so a failed download leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
+    """Fetch ``url`` into ``path``; a failed download leaves nothing behind."""
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(tmp, "wb") as out:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_write(path) as out:
             out.write(response.read())
-        os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise UserError(
             f"{path} is missing and could not be downloaded from {url} ({err.__class__.__name__}); "
             f"put a UTF-8 text file there or set data.path=/path/to/text.txt"

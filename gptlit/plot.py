@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from gptlit.files import atomic_write
 
 
 def plot_losses(
@@ -34,8 +35,7 @@ def plot_losses(
     written = []
     for suffix in (".png", ".pdf"):
         path = Path(str(out_stem) + suffix)
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format=suffix[1:])
-        os.replace(tmp, path)
+        with atomic_write(path) as f:
+            fig.savefig(f, format=suffix[1:])
         written.append(path)
     return written

@@ -24,9 +24,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} holds more than tensors and plain data, so it was not loaded "
             f"({str(err).splitlines()[0]}); only load files you trust, exported as weights"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
+    except Exception as err:  # torch reports damaged files as RuntimeError, EOFError, KeyError, ...
+        first_line = (str(err).splitlines() or [""])[0][:120]
         raise UserError(
-            f"checkpoint {path} is truncated or not a PyTorch checkpoint ({str(err).splitlines()[0]})"
+            f"checkpoint {path} is truncated or not a PyTorch checkpoint ({type(err).__name__}: {first_line})"
         ) from None
 
 
