@@ -15,7 +15,10 @@ def train(cfg: DictConfig) -> L.Trainer:
     """Build every part from its config group and fit; returns the trainer for its metrics and paths."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
+    # model.init_from names weights to start from; it is not an architecture setting, so GPTConfig never sees it.
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    init_from = model_cfg.pop("init_from", None)
+    module = GPTLitModule(instantiate(model_cfg), optimizer=instantiate(cfg.optimizer), init_from=init_from)
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)

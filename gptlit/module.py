@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.model import GPTConfig, GPTModel
+from gptlit.weights import init_model
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -27,12 +28,19 @@ class GPTLitModule(L.LightningModule):
     Each loss is the unweighted mean of per-batch mean losses, the book's calc_loss_loader.
     """
 
-    def __init__(self, model: GPTConfig | Mapping[str, Any], optimizer: OptimizerFactory | None = None):
+    def __init__(
+        self,
+        model: GPTConfig | Mapping[str, Any],
+        optimizer: OptimizerFactory | None = None,
+        init_from: str | None = None,
+    ):
+        """``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.init_model)."""
         super().__init__()
         config = GPTConfig.from_any(model)
-        # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config.
-        self.save_hyperparameters({"model": config.to_dict()})
-        self.model = GPTModel(config)
+        self.model = init_model(config, init_from) if init_from else GPTModel(config)
+        # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config
+        # (the model's: init_from may have set qkv_bias).
+        self.save_hyperparameters({"model": self.model.cfg.to_dict()})
         self.optimizer_factory = optimizer
         self.tokens_seen = 0
         # The book's (train_losses, val_losses, track_tokens_seen) with the step and epoch of each evaluation.
