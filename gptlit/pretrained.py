@@ -31,11 +31,6 @@ GPT2_REPOS = {
 FILES = ("config.json", "model.safetensors")
 
 
-def is_pretrained(source: str | Path) -> bool:
-    """A GPT-2 name or a folder (as opposed to a weights file)."""
-    return str(source) in GPT2_REPOS or Path(source).is_dir()
-
-
 def _hub_reachable() -> bool:
     # Without this, an offline download retries for about 25 s before failing; a failed name lookup is final.
     from huggingface_hub import constants
@@ -60,8 +55,8 @@ def locate(source: str | Path) -> Path:
     name = str(source)
     if name not in GPT2_REPOS:
         raise UserError(
-            f"pretrained={name} is neither a GPT-2 name ({', '.join(GPT2_REPOS)}) nor an existing folder "
-            "with config.json and model.safetensors"
+            f"{name} is neither a GPT-2 name ({', '.join(GPT2_REPOS)}) nor an existing folder with config.json "
+            "and model.safetensors, nor a weights file (.ckpt/.pth/.pt/.safetensors)"
         )
     from huggingface_hub import hf_hub_download
 

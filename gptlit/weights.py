@@ -89,13 +89,13 @@ def _read_safetensors(path: Path) -> Weights:
 def read_weights(source: str | Path) -> Weights:
     """The weights of ``source`` (a file, a GPT-2 name or folder) in GPTModel's names, with its config if known."""
     source_str = str(source)
-    if pretrained.is_pretrained(source):
+    path = Path(source)
+    if not path.is_file() and (path.is_dir() or path.suffix not in WEIGHT_SUFFIXES):
         config, state = pretrained.read_gpt2(pretrained.locate(source))
         # One tensor for both, so the model built from them ties its head to the embedding.
         if state["out_head.weight"] is state["tok_emb.weight"] or torch.equal(state["out_head.weight"], state["tok_emb.weight"]):
             state["out_head.weight"] = state["tok_emb.weight"]
         return Weights(state, config, source_str)
-    path = Path(source)
     if not path.is_file():
         raise UserError(
             f"{source_str} does not exist; pass a {'/'.join(WEIGHT_SUFFIXES)} file, a GPT-2 name "
