@@ -40,8 +40,9 @@ def load_model(cfg: DictConfig) -> GPTModel:
     return model_from_weights(weights, config)
 
 
-def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingConfig, out=sys.stdout) -> None:
+def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingConfig, out=None) -> None:
     """Print the prompt, then each piece of text as soon as its tokens are generated."""
+    out = out or sys.stdout
     idx = torch.tensor([encode(prompt)], device=model.out_head.weight.device)
     tokens = (t.item() for t in stream(model, idx, cfg.max_new_tokens, model.cfg.context_length, decoding))
     print(prompt, end="", file=out, flush=True)
