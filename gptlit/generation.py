@@ -123,7 +123,7 @@ def check_request(n_prompt: int, max_new_tokens: int, context_size: int) -> None
         )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def stream(
     model: nn.Module,
     idx: torch.Tensor,
