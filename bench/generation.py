@@ -76,15 +76,6 @@ def bytes_per_token(model: torch.nn.Module) -> int:
     return total
 
 
-def timed(fn, reps: int) -> tuple[float, torch.Tensor]:
-    times, out = [], None
-    for _ in range(reps):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=200)
@@ -120,12 +111,15 @@ def main() -> None:
     if ours_bf16 is not None:
         generate(ours_bf16, idx, 10, ctx)
 
-    results = {}
+    # Repetitions interleave the decoders, so a change in the machine's load falls on all of them alike.
+    times = {name: [] for name in runs}
     outputs = {}
-    for name, fn in runs.items():
-        seconds, out = timed(fn, args.reps)
-        results[name] = n / seconds
-        outputs[name] = out
+    for _ in range(args.reps):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    results = {name: n / statistics.median(t) for name, t in times.items()}
     # Measured again after the runs, best kept: other processes on the machine only ever slow a measurement.
     bandwidth, reading = max(bandwidth, copy_bandwidth()), max(reading, read_bandwidth())
 

@@ -119,11 +119,10 @@ def check_request(n_prompt: int, max_new_tokens: int, context_size: int) -> None
             f"the prompt has {n_prompt} tokens but the context holds {context_size}; "
             f"only its last {context_size} tokens are seen by the model",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
-@torch.inference_mode()
 def stream(
     model: nn.Module,
     idx: torch.Tensor,
@@ -137,12 +136,15 @@ def stream(
     """Yield the next token of every row ([batch, 1]) as soon as it is picked.
 
     ``idx`` [batch, n] holds the prompts (long prompts are cropped to their last ``context_size`` tokens, as
-    in the book, with a warning); ``start`` [batch] counts each row's left padding (see
-    ``generate_batch``). A row that produced ``eos_id`` keeps receiving ``eos_id`` until every row has; the
-    step at which the last row ends yields nothing, as the book does not append eos_id.
+    in the book, with a warning); ``start`` [batch] counts each row's left padding (see ``generate_batch``).
+    A row that produced ``eos_id`` keeps receiving ``eos_id`` until every row has; the step at which the last
+    row ends yields nothing, as the book does not append eos_id. Bad values are refused here, before the
+    first token is asked for.
     """
     decoding = decoding or DecodingConfig()
     cached = _cacheable(model) if use_cache is not False else None
+    if use_cache and cached is None:
+        raise TypeError(f"{type(model).__name__} has no KV cache; pass use_cache=False")
     if context_size is None:
         if cached is None:
             raise TypeError("context_size is required for a model without a GPTConfig")
@@ -150,18 +152,23 @@ def stream(
     check_request(idx.shape[1], max_new_tokens, context_size)
     batch_size = idx.shape[0]
     start = torch.zeros(batch_size, dtype=torch.long, device=idx.device) if start is None else start.to(idx.device)
-    if use_cache and cached is None:
-        raise TypeError(f"{type(model).__name__} has no KV cache; pass use_cache=False")
     if cached is not None:
         if context_size > cached.cfg.context_length:
             raise UserError(f"context_size {context_size} exceeds the model's context_length {cached.cfg.context_length}")
+        decoding.check_vocab(cached.cfg.vocab_size)
         logits_of = _cached_logits(cached, batch_size, context_size, start)
     elif bool(start.any()):
         raise ValueError("left-padded prompts need the KV cache (use_cache=True)")
     else:
         logits_of = _uncached_logits(model, context_size)
+    return _decode(logits_of, idx, max_new_tokens, decoding, generator)
 
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=idx.device)
+
+@torch.inference_mode()
+def _decode(
+    logits_of: LogitsFn, idx: torch.Tensor, max_new_tokens: int, decoding: DecodingConfig, generator: torch.Generator | None
+) -> Iterator[torch.Tensor]:
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     for step in range(max_new_tokens):
         logits = logits_of(idx)
         if step == 0:
