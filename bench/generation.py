@@ -1,6 +1,6 @@
 """Decoding speed: the book's generate_text_simple against gptlit's cached generate, side by side in one run.
 
-    python bench/generation.py [--new-tokens 200] [--reps 3] [--no-bf16]
+    python bench/generation.py [--new-tokens 200] [--reps 3] [--threads N] [--no-bf16]
 
 GPT-2 124M (random weights: speed does not depend on their values), batch 1, prompt "Every effort moves you".
 Prints tokens/s of both (median of --reps runs after a warm-up), their ratio, and the memory-bandwidth floor:
@@ -81,7 +81,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-weights run of gptlit")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for every decoder (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        # On a shared machine, one thread per decoder avoids threads waiting on each other for a busy core.
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(123)
     book = BookGPTModel(GPT_CONFIG_124M).eval()

@@ -197,11 +197,6 @@ def init_model(config: GPTConfig, source: str | Path) -> GPTModel:
     ``qkv_bias`` is whatever the weights hold (True for OpenAI's).
     """
     weights = read_weights(source)
-    if weights.config is not None and weights.config.n_heads != config.n_heads:
-        raise UserError(
-            f"{weights.source} was trained with n_heads={weights.config.n_heads}, the model has {config.n_heads}; "
-            f"set model.n_heads={weights.config.n_heads}"
-        )
     state = dict(weights.state)
     available = weights.context_length if "pos_emb.weight" in state else config.context_length
     if config.context_length > available:
@@ -216,7 +211,14 @@ def init_model(config: GPTConfig, source: str | Path) -> GPTModel:
     if qkv_bias != config.qkv_bias and shapes_config(state):
         log.info("Setting qkv_bias=%s, as the weights of %s have%s query/key/value biases", qkv_bias, weights.source, "" if qkv_bias else " no")
         config = replace(config, qkv_bias=qkv_bias)
-    return load_weights(GPTModel(config), replace(weights, state=state))
+    model = load_weights(GPTModel(config), replace(weights, state=state))
+    # No tensor shape depends on the head count, so only a config that states it can be checked against it.
+    if weights.config is not None and weights.config.n_heads != config.n_heads:
+        raise UserError(
+            f"{weights.source} was trained with n_heads={weights.config.n_heads}, the model has {config.n_heads}; "
+            f"set model.n_heads={weights.config.n_heads}"
+        )
+    return model
 
 
 def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
