@@ -218,7 +218,7 @@ def generate_batch(
     followed by its generated tokens, cut before its first ``eos_id``."""
     if not prompts:
         raise UserError("no prompts were given")
-    device = _cacheable(model).out_head.weight.device if _cacheable(model) is not None else None
+    device = next(model.parameters()).device
     for prompt in prompts:
         if len(prompt) == 0:
             raise UserError('a prompt is empty; pass some text, e.g. prompt="Every effort moves you"')
