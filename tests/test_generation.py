@@ -207,3 +207,14 @@ def test_book_model_runs_uncached(models):
     _, book = models
     idx = prompt(3)
     assert torch.equal(generate(book, idx, 5, 16), book_generate_text_simple(book, idx, 5, 16))
+
+
+def test_decode_stream_holds_back_split_characters():
+    from gptlit.tokenizer import decode_stream, encode, get_tokenizer
+
+    text = "naïve café — “quotes” 日本語 😀 emoji"
+    ids = encode(text)
+    pieces = list(decode_stream(ids))
+    assert "".join(pieces) == get_tokenizer().decode(ids) == text
+    assert all("\ufffd" not in p for p in pieces)  # no piece ends inside a character
+    assert len(pieces) < len(ids)  # some tokens only carry part of a character
