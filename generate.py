@@ -1,20 +1,22 @@
-"""Generate text from a trained model: `python generate.py ckpt_path=... prompt="..." [decoding=sample]`."""
+"""Generate text: `python generate.py ckpt_path=...|pretrained=gpt2 prompt="..." [decoding=sample] [key=value ...]`."""
 
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gptlit.cli import check_group_choices, exit_on_user_error
 from gptlit.errors import UserError
-from gptlit.generation import generate
-from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
-from gptlit.weights import model_from_checkpoint
+from gptlit.generation import DecodingConfig, stream
+from gptlit.model import GPTModel
+from gptlit.tokenizer import decode_stream, encode, get_tokenizer
+from gptlit.weights import model_from_weights, read_weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -27,33 +29,48 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def run(cfg: DictConfig) -> str:
+def load_model(cfg: DictConfig) -> GPTModel:
+    if (cfg.ckpt_path is None) == (cfg.pretrained is None):
+        raise UserError("pass exactly one of ckpt_path=path/to/weights and pretrained=gpt2|gpt2-medium|...|/folder")
+    weights = read_weights(cfg.ckpt_path if cfg.ckpt_path is not None else cfg.pretrained)
+    config = None
+    if weights.config is None and cfg.get("model") is not None:
+        # The model group's context_length follows data.context_length (null here): the file's table decides.
+        spec = OmegaConf.to_container(cfg.model, resolve=True)
+        spec.pop("init_from", None)
+        config = instantiate({**spec, "context_length": weights.context_length})
+    return model_from_weights(weights, config)
+
+
+def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingConfig, out=None) -> None:
+    """Print the prompt, then each piece of text as soon as its tokens are generated."""
+    out = out or sys.stdout
+    idx = torch.tensor([encode(prompt)], device=model.out_head.weight.device)
+    tokens = (t.item() for t in stream(model, idx, cfg.max_new_tokens, model.cfg.context_length, decoding))
+    print(prompt, end="", file=out, flush=True)
+    for piece in decode_stream(tokens, get_tokenizer()):
+        print(piece, end="", file=out, flush=cfg.stream)
+    print(file=out, flush=True)
+
+
+def run(cfg: DictConfig) -> None:
     decoding = instantiate(cfg.decoding)
-    if cfg.max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be >= 0, got {cfg.max_new_tokens}")
-    if not cfg.prompt:
-        raise UserError('prompt is empty; pass some text, e.g. prompt="Every effort moves you"')
+    model = load_model(cfg).to(pick_device(cfg.device)).eval()
+    # Seeded after the model is built (building draws random initial weights), so sampling draws alone decide.
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    model = model_from_checkpoint(cfg.ckpt_path).to(device).eval()
-    idx = text_to_token_ids(cfg.prompt).to(device)
-    out = generate(
-        model,
-        idx,
-        cfg.max_new_tokens,
-        context_size=model.cfg.context_length,
-        temperature=decoding.temperature,
-        top_k=decoding.top_k,
-        top_p=decoding.top_p,
-        eos_id=decoding.eos_id,
-    )
-    return token_ids_to_text(out.cpu())
+    prompts = (line.rstrip("\n") for line in sys.stdin) if cfg.interactive else [cfg.prompt]
+    for prompt in prompts:
+        if cfg.interactive and not prompt.strip():
+            continue
+        complete(model, prompt, cfg, decoding)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
+    # Warnings are for the user here: one line each, without the source line Python adds.
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     with exit_on_user_error():
-        print(run(cfg))
+        run(cfg)
 
 
 if __name__ == "__main__":

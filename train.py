@@ -34,7 +34,12 @@ def train(cfg: DictConfig) -> L.Trainer:
     if cfg.ckpt_path:
         # A missing, corrupt or unsafe checkpoint is reported before anything is built or written.
         read_checkpoint(cfg.ckpt_path)
-    module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer), **cfg.module)
+    # model.init_from names weights to start from; it is not an architecture setting, so GPTConfig never sees it.
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    init_from = model_cfg.pop("init_from", None)
+    module = GPTLitModule(
+        instantiate(model_cfg), optimizer=instantiate(cfg.optimizer), init_from=init_from, **cfg.module
+    )
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[SafeCheckpointIO()])

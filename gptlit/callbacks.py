@@ -14,6 +14,7 @@ from gptlit.generation import DecodingConfig, generate
 from gptlit.module import GPTLitModule
 from gptlit.plot import plot_losses
 from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
+from gptlit.weights import save_book_pth, save_safetensors
 
 
 class SampleText(L.Callback):
@@ -66,6 +67,23 @@ class SampleText(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         if "generator" in state_dict:
             self.generator.set_state(state_dict["generator"])
+
+
+class ExportWeights(L.Callback):
+    """Write the bare model weights when training ends: ``model.safetensors`` (with its config) and
+    ``model.pth``, a state dict the book's own ``GPTModel`` loads (section 5.4)."""
+
+    def __init__(self, dirpath: str | Path, safetensors: bool = True, pth: bool = True):
+        self.dirpath = Path(dirpath)
+        self.safetensors = safetensors
+        self.pth = pth
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        if self.safetensors:
+            save_safetensors(pl_module.model, self.dirpath / "model.safetensors")
+        if self.pth:
+            save_book_pth(pl_module.model, self.dirpath / "model.pth")
 
 
 class LossPlot(L.Callback):

@@ -1,13 +1,23 @@
-"""Decoding: the book's greedy, temperature and top-k sampling (section 5.3), plus top-p."""
+"""Decoding: the book's greedy, temperature and top-k sampling (section 5.3), plus top-p, with a KV cache.
+
+Every entry point follows the book's ``generate``: the model sees the last ``context_size`` tokens, a step
+picks one token per row, and ``eos_id`` ends a row without being appended. The KV cache changes how the
+logits are computed, never which tokens come out: greedy decoding and seeded sampling give the tokens of the
+uncached loop (``use_cache=False``), which is the book's loop.
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from gptlit.errors import UserError
+from gptlit.kv_cache import KVCache
+from gptlit.model import GPTModel
 
 
 @dataclass
@@ -26,6 +36,10 @@ class DecodingConfig:
             raise UserError(f"decoding.top_k must be a positive integer or null, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UserError(f"decoding.top_p must be in (0, 1] or null, got {self.top_p}")
+
+    def check_vocab(self, vocab_size: int) -> None:
+        if self.top_k is not None and self.top_k > vocab_size:
+            raise UserError(f"decoding.top_k ({self.top_k}) exceeds the vocabulary size ({vocab_size}); use at most {vocab_size} or null")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,41 +71,169 @@ def next_token(
     """Pick one token per row of [batch, vocab] logits; returns [batch, 1]."""
     logits = filter_logits(logits, top_k, top_p)
     if temperature > 0.0:
-        probs = torch.softmax(logits / temperature, dim=-1)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator)
     return torch.argmax(logits, dim=-1, keepdim=True)
 
 
-@torch.no_grad()
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _uncached_logits(model: nn.Module, context_size: int) -> LogitsFn:
+    """The book's step: run the whole (cropped) context through the model."""
+    return lambda idx: model(idx[:, -context_size:])[:, -1, :]
+
+
+def _cached_logits(model: GPTModel, batch_size: int, context_size: int, start: torch.Tensor) -> LogitsFn:
+    """A step that runs only the newest token, attending to the cached keys and values of the others."""
+    cache = KVCache.for_model(model, batch_size, capacity=context_size)
+
+    def logits(idx: torch.Tensor) -> torch.Tensor:
+        n = idx.shape[1]
+        if cache.length == 0 or n != cache.length + 1 or n > context_size:
+            # The first step, and every step once the context is full: the book crops the context to its
+            # last context_size tokens, which shifts every token's position, so the cache is rebuilt from the
+            # cropped window (exactly what the uncached loop computes).
+            window = idx[:, -context_size:]
+            cache.reset(start=(start - (n - window.shape[1])).clamp_min(0))
+            return model(window, cache=cache)[:, -1, :]
+        return model(idx[:, -1:], cache=cache)[:, -1, :]
+
+    return logits
+
+
+def _cacheable(model: nn.Module) -> GPTModel | None:
+    # torch.compile wraps the module; the cache runs on the eager module underneath.
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, GPTModel) else None
+
+
+def check_request(n_prompt: int, max_new_tokens: int, context_size: int) -> None:
+    """Refuse what cannot be generated; warn when the book's crop will drop the start of the prompt."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if n_prompt == 0:
+        raise UserError('the prompt is empty; pass some text, e.g. prompt="Every effort moves you"')
+    if n_prompt > context_size:
+        warnings.warn(
+            f"the prompt has {n_prompt} tokens but the context holds {context_size}; "
+            f"only its last {context_size} tokens are seen by the model",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def stream(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int | None = None,
+    decoding: DecodingConfig | None = None,
+    generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
+    use_cache: bool | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row ([batch, 1]) as soon as it is picked.
+
+    ``idx`` [batch, n] holds the prompts (long prompts are cropped to their last ``context_size`` tokens, as
+    in the book, with a warning); ``start`` [batch] counts each row's left padding (see ``generate_batch``).
+    A row that produced ``eos_id`` keeps receiving ``eos_id`` until every row has; the step at which the last
+    row ends yields nothing, as the book does not append eos_id. Bad values are refused here, before the
+    first token is asked for.
+    """
+    decoding = decoding or DecodingConfig()
+    cached = _cacheable(model) if use_cache is not False else None
+    if use_cache and cached is None:
+        raise TypeError(f"{type(model).__name__} has no KV cache; pass use_cache=False")
+    if context_size is None:
+        if cached is None:
+            raise TypeError("context_size is required for a model without a GPTConfig")
+        context_size = cached.cfg.context_length
+    check_request(idx.shape[1], max_new_tokens, context_size)
+    batch_size = idx.shape[0]
+    start = torch.zeros(batch_size, dtype=torch.long, device=idx.device) if start is None else start.to(idx.device)
+    if cached is not None:
+        if context_size > cached.cfg.context_length:
+            raise UserError(f"context_size {context_size} exceeds the model's context_length {cached.cfg.context_length}")
+        decoding.check_vocab(cached.cfg.vocab_size)
+        logits_of = _cached_logits(cached, batch_size, context_size, start)
+    elif bool(start.any()):
+        raise ValueError("left-padded prompts need the KV cache (use_cache=True)")
+    else:
+        logits_of = _uncached_logits(model, context_size)
+    return _decode(logits_of, idx, max_new_tokens, decoding, generator)
+
+
+@torch.inference_mode()
+def _decode(
+    logits_of: LogitsFn, idx: torch.Tensor, max_new_tokens: int, decoding: DecodingConfig, generator: torch.Generator | None
+) -> Iterator[torch.Tensor]:
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for step in range(max_new_tokens):
+        logits = logits_of(idx)
+        if step == 0:
+            decoding.check_vocab(logits.shape[-1])
+        idx_next = next_token(logits, decoding.temperature, decoding.top_k, decoding.top_p, generator)
+        if decoding.eos_id is not None:
+            idx_next = idx_next.masked_fill(finished.unsqueeze(1), decoding.eos_id)
+            finished |= idx_next.squeeze(1) == decoding.eos_id
+            if finished.all():
+                return
+        idx = torch.cat((idx, idx_next), dim=1)
+        yield idx_next
+
+
 def generate(
     model: nn.Module,
     idx: torch.Tensor,
     max_new_tokens: int,
-    context_size: int,
+    context_size: int | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool | None = None,
 ) -> torch.Tensor:
     """Append up to ``max_new_tokens`` tokens to ``idx`` ([batch, n]) with the book's semantics.
 
-    The context is cropped to its last ``context_size`` tokens; generation stops once every row has produced
-    ``eos_id`` (which is not appended, as in the book). ``generator`` lets a caller sample without touching
-    the global random state.
+    ``generator`` lets a caller sample without touching the global random state. ``use_cache`` None uses the
+    KV cache when the model is a GPTModel; False runs the book's uncached loop, which works for any model.
     """
-    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -context_size:])[:, -1, :]
-        idx_next = next_token(logits, temperature, top_k, top_p, generator)
-        if eos_id is not None:
-            # A row that already ended keeps receiving eos_id as padding until every row has ended.
-            idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
-            finished |= idx_next.squeeze(1) == eos_id
-            if finished.all():
-                break
-        idx = torch.cat((idx, idx_next), dim=1)
-    return idx
+    decoding = DecodingConfig(temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
+    new = list(stream(model, idx, max_new_tokens, context_size, decoding, generator, use_cache=use_cache))
+    return torch.cat([idx, *new], dim=1) if new else idx
+
+
+def generate_batch(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    context_size: int | None = None,
+    decoding: DecodingConfig | None = None,
+    generator: torch.Generator | None = None,
+    pad_id: int = 0,
+) -> list[list[int]]:
+    """Generate for prompts of different lengths in one batch (left-padded); returns each prompt's tokens
+    followed by its generated tokens, cut before its first ``eos_id``."""
+    if not prompts:
+        raise UserError("no prompts were given")
+    device = next(model.parameters()).device
+    for prompt in prompts:
+        if len(prompt) == 0:
+            raise UserError('a prompt is empty; pass some text, e.g. prompt="Every effort moves you"')
+    width = max(len(p) for p in prompts)
+    idx = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long, device=device)
+    start = torch.tensor([width - len(p) for p in prompts], dtype=torch.long, device=device)
+    steps = list(stream(model, idx, max_new_tokens, context_size, decoding, generator, start=start))
+    new = torch.cat(steps, dim=1).tolist() if steps else [[] for _ in prompts]
+    eos_id = (decoding or DecodingConfig()).eos_id
+    out = []
+    for prompt, tokens in zip(prompts, new):
+        if eos_id is not None and eos_id in tokens:
+            tokens = tokens[: tokens.index(eos_id)]
+        out.append(list(prompt) + tokens)
+    return out
 
 
 def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, context_size: int):

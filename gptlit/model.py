@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlit.errors import UserError
+from gptlit.kv_cache import KVCache, LayerCache
 
 ATTENTION_KINDS = ("sdpa", "reference")
 
@@ -88,12 +89,16 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         b, t, d = x.shape
         q = self._heads(self.W_query(x))
         k = self._heads(self.W_key(x))
         v = self._heads(self.W_value(x))
-        if self.reference:
+        if cache is not None:
+            # Decoding only (no dropout): the new queries attend to every cached token of their row.
+            k, v = cache.update(k, v)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, is_causal=cache.is_causal)
+        elif self.reference:
             scores = (q @ k.transpose(2, 3)).masked_fill(
                 torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf")
             )
@@ -145,8 +150,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.drop_resid = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_resid(self.att(self.norm1(x)))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.drop_resid(self.att(self.norm1(x), cache))
         return x + self.drop_resid(self.ff(self.norm2(x)))
 
 
@@ -162,7 +167,11 @@ class GPTModel(nn.Module):
         self.final_norm = LayerNorm(cfg.emb_dim)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [batch, n, vocab]; with a ``cache``, ``in_idx`` continues the cached tokens and only the
+        logits of its last position come back ([batch, 1, vocab]), which is all decoding needs."""
+        if cache is not None:
+            return self._forward_cached(in_idx, cache)
         seq_len = in_idx.shape[1]
         if seq_len > self.cfg.context_length:
             raise UserError(
@@ -173,3 +182,11 @@ class GPTModel(nn.Module):
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
         x = self.final_norm(self.trf_blocks(x))
         return self.out_head(x)
+
+    def _forward_cached(self, in_idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        positions = cache.begin(in_idx.shape[1])
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
+        for block, layer_cache in zip(self.trf_blocks, cache.layers):
+            x = block(x, layer_cache)
+        cache.advance(in_idx.shape[1])
+        return self.out_head(self.final_norm(x[:, -1:]))

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.errors import UserError
 from gptlit.model import GPTConfig, GPTModel
+from gptlit.weights import init_model
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -34,6 +35,7 @@ class GPTLitModule(L.LightningModule):
         self,
         model: GPTConfig | Mapping[str, Any],
         optimizer: OptimizerFactory | None = None,
+        init_from: str | None = None,
         eval_freq: int | None = None,
         eval_iter: int = 5,
         on_nonfinite: str = "stop",
@@ -43,7 +45,9 @@ class GPTLitModule(L.LightningModule):
         0-based step numbers (Lightning counts batches from the k-th, so it cannot start at step 1).
 
         ``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
-        already written stay as they are) or "skip" the batch without an optimizer step."""
+        already written stay as they are) or "skip" the batch without an optimizer step.
+
+        ``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.init_model)."""
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise UserError(f"module.on_nonfinite must be stop or skip, got {on_nonfinite!r}")
@@ -54,9 +58,10 @@ class GPTLitModule(L.LightningModule):
         self.eval_freq = eval_freq
         self.eval_iter = eval_iter
         config = GPTConfig.from_any(model)
-        # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config.
-        self.save_hyperparameters({"model": config.to_dict()})
-        self.model = GPTModel(config)
+        self.model = init_model(config, init_from) if init_from else GPTModel(config)
+        # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config
+        # (the model's: init_from may have set qkv_bias).
+        self.save_hyperparameters({"model": self.model.cfg.to_dict()})
         self.optimizer_factory = optimizer
         self.tokens_seen = 0
         # The book's (train_losses, val_losses, track_tokens_seen) with the step and epoch of each evaluation.

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptlit.errors import UserError
+from gptlit.files import atomic_write
 from gptlit.tokenizer import (
     ENCODER_JSON_SHA256,
     ENDOFTEXT,
@@ -99,18 +100,22 @@ def build_token_cache(
     """Path of the token file for ``files``; tokenizes them in ``workers`` processes only when it is missing."""
     cache_dir = Path(cache_dir)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
-    with multiprocessing.Pool(workers) if workers > 1 else _InProcess() as pool:
+    # Workers come from a fork server, not a fork of this process: forking a process that already runs
+    # torch's thread pools can deadlock. The server imports the tokenizer once for every pool after it.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    pool = context.Pool(workers) if workers > 1 else _InProcess()
+    with pool:
         digests = list(pool.imap(file_digest, files, chunksize=16))
         target = cache_dir / f"{cache_key(digests, encoding_errors)}.tokens"
         if target.exists():
             return target
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         total = sum(f.stat().st_size for f in files)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
         separator = np.array([ENDOFTEXT_ID], dtype=TOKEN_DTYPE)
         try:
-            with open(tmp, "wb") as out:
+            with atomic_write(target) as out:
                 # imap keeps file order, so documents land in path order whichever worker finishes first.
                 documents = pool.imap(tokenize_file, [(f, encoding_errors) for f in files])
                 for i, (path, ids) in enumerate(zip(files, documents)):
@@ -118,10 +123,8 @@ def build_token_cache(
                         separator.tofile(out)
                     ids.tofile(out)
                     bar.update(path.stat().st_size)
-            os.replace(tmp, target)
         finally:
             bar.close()
-            tmp.unlink(missing_ok=True)
     return target
 
 

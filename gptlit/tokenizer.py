@@ -7,9 +7,11 @@ is built from those and gives ids identical to tiktoken's own gpt2 encoding.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import importlib.util
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import tiktoken
 import torch
@@ -60,3 +62,17 @@ def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> 
 
 def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding | None = None) -> str:
     return (tokenizer or get_tokenizer()).decode(token_ids.squeeze(0).tolist())
+
+
+def decode_stream(token_ids: Iterable[int], tokenizer: tiktoken.Encoding | None = None) -> Iterator[str]:
+    """Text of ``token_ids`` piece by piece as they arrive; a character split across tokens waits for its
+    last byte, so the pieces join to ``decode`` of all the tokens."""
+    tokenizer = tokenizer or get_tokenizer()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token_id in token_ids:
+        piece = decoder.decode(tokenizer.decode_single_token_bytes(token_id))
+        if piece:
+            yield piece
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail

@@ -45,3 +45,32 @@ def tiny_cfg() -> dict:
 @pytest.fixture(autouse=True)
 def _fixed_seed():
     torch.manual_seed(0)
+
+
+
+def compose_train(run_dir: Path, *overrides: str):
+    """conf/train.yaml composed for a small, quick CPU run writing to run_dir; overrides come last."""
+    from hydra import compose, initialize_config_dir
+
+    base = [
+        "model=tiny",
+        "data.context_length=32",
+        f"data.path={find_verdict()}",
+        "data.url=null",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "+trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+        "+trainer.enable_model_summary=false",
+        "~logger",
+        "callbacks.loss_plot=null",
+        "callbacks.sample_text=null",
+        f"run_dir={run_dir}",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=[*base, *overrides])
+
+
+@pytest.fixture
+def train_cfg(tmp_path):
+    return lambda *overrides, run_dir=None: compose_train(run_dir or tmp_path, *overrides)

@@ -1,90 +1,220 @@
+import warnings
+
 import pytest
 import torch
+from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from llms_from_scratch.ch04 import generate_text_simple as book_generate_text_simple
 from llms_from_scratch.ch05 import generate as book_generate
 
+from gptlit.callbacks import SampleText
 from gptlit.errors import UserError
-from gptlit.generation import DecodingConfig, filter_logits, generate, generate_text_simple
+from gptlit.generation import DecodingConfig, filter_logits, generate, generate_batch, stream
+from gptlit.kv_cache import KVCache
 from gptlit.model import GPTModel
 
 
 @pytest.fixture
-def model(tiny_cfg):
-    return GPTModel({**tiny_cfg, "context_length": 16}).eval()
+def models(tiny_cfg):
+    """Our model and the book's, with the same weights, in eval mode."""
+    # A small vocabulary keeps each step cheap; the tokenizer plays no part here.
+    tiny_cfg.update(context_length=16, vocab_size=1000)
+    ours = GPTModel(tiny_cfg).eval()
+    book = BookGPTModel(tiny_cfg).eval()
+    book.load_state_dict({**book.state_dict(), **ours.state_dict()})
+    return ours, book
 
 
-@pytest.fixture
-def prompt():
-    return torch.tensor([[6109, 3626, 6100, 345]])  # "Every effort moves you"
+def prompt(n, batch=1, seed=1):
+    return torch.randint(0, 1000, (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
-def test_greedy_is_the_books_generate_text_simple(model, prompt):
-    # 30 new tokens on a 16-token context also checks cropping the context to its last tokens.
-    expected = book_generate_text_simple(model, prompt, 30, context_size=16)
-    assert torch.equal(generate_text_simple(model, prompt, 30, context_size=16), expected)
-    assert torch.equal(generate(model, prompt, 30, context_size=16), expected)
+@pytest.mark.parametrize("n_prompt, new", [(5, 8), (5, 40), (16, 3)])
+def test_cached_greedy_matches_the_books_generate_text_simple(models, n_prompt, new):
+    # (5, 40) and (16, 3) run past the 16-token context, where the book crops and the cache is rebuilt.
+    ours, book = models
+    idx = prompt(n_prompt, batch=2)
+    expected = book_generate_text_simple(book, idx, new, context_size=16)
+    assert torch.equal(generate(ours, idx, new, context_size=16), expected)
+    assert torch.equal(generate(ours, idx, new, context_size=16, use_cache=False), expected)
 
 
-def test_greedy_is_argmax_of_the_logits(model, prompt):
-    out = generate(model, prompt, 5, context_size=16)
+def test_cached_greedy_with_a_context_size_shorter_than_the_model(models):
+    ours, book = models
+    idx = prompt(4)
+    assert torch.equal(generate(ours, idx, 20, context_size=7), book_generate_text_simple(book, idx, 20, 7))
+
+
+@pytest.mark.parametrize("new", [10, 30])
+def test_sampling_draws_the_books_tokens_under_one_seed(models, new):
+    ours, book = models
+    idx = prompt(4)
+    torch.manual_seed(123)
+    expected = book_generate(book, idx, new, context_size=16, temperature=1.4, top_k=25)
+    torch.manual_seed(123)
+    assert torch.equal(generate(ours, idx, new, context_size=16, temperature=1.4, top_k=25), expected)
+
+
+def test_cached_sampling_equals_uncached_with_top_p_and_a_generator(models):
+    ours, _ = models
+    idx = prompt(3, batch=3)
+    runs = [
+        generate(ours, idx, 30, 16, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7), use_cache=c)
+        for c in (True, False)
+    ]
+    assert torch.equal(*runs)
+
+
+def test_cached_logits_match_the_full_forward(models):
+    ours, _ = models
+    idx = prompt(12, batch=2)
+    cache = KVCache.for_model(ours, batch_size=2)
     with torch.no_grad():
-        logits = model(out[:, :-1])
-    assert torch.equal(out[0, 4:], logits[0, 3:].argmax(-1))
+        full = ours(idx)
+        torch.testing.assert_close(ours(idx[:, :9], cache=cache)[:, -1], full[:, 8], atol=1e-5, rtol=1e-5)
+        for t in range(9, 12):
+            torch.testing.assert_close(ours(idx[:, t : t + 1], cache=cache)[:, -1], full[:, t], atol=1e-5, rtol=1e-5)
 
 
-def test_top_k_1_is_greedy(model, prompt):
-    greedy = generate(model, prompt, 10, context_size=16)
-    torch.manual_seed(1)
-    assert torch.equal(generate(model, prompt, 10, context_size=16, temperature=1.5, top_k=1), greedy)
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).squeeze(0).tolist()  # noqa: E731
+    assert kept(0.4) == [True, False, False, False]
+    assert kept(0.75) == [True, True, False, False]
+    assert kept(0.85) == [True, True, True, False]
+    assert kept(1.0) == [True, True, True, True]
 
 
-def test_sampling_is_the_books_under_the_same_seed(model, prompt):
-    torch.manual_seed(123)
-    expected = book_generate(model, prompt, 15, context_size=16, temperature=1.4, top_k=25)
-    torch.manual_seed(123)
-    assert torch.equal(generate(model, prompt, 15, context_size=16, temperature=1.4, top_k=25), expected)
+def test_top_k_then_top_p_on_a_batch():
+    logits = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]]).log()
+    kept = torch.isfinite(filter_logits(logits, top_k=3, top_p=0.5))
+    assert kept.tolist() == [[False, False, True, True], [True, False, False, False]]
 
 
-def test_sampling_is_reproducible_with_a_generator_and_leaves_the_global_state_alone(model, prompt):
-    state = torch.get_rng_state()
-    a = generate(model, prompt, 15, 16, temperature=1.0, generator=torch.Generator().manual_seed(7))
-    b = generate(model, prompt, 15, 16, temperature=1.0, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(a, b)
-    assert torch.equal(torch.get_rng_state(), state)
-
-
-def test_eos_stops_like_the_book(model, prompt):
-    greedy = generate(model, prompt, 10, context_size=16)
-    eos = greedy[0, 7].item()
-    expected = book_generate(model, prompt, 10, context_size=16, eos_id=eos)
-    out = generate(model, prompt, 10, context_size=16, eos_id=eos)
+def test_eos_stops_like_the_book(models):
+    ours, book = models
+    idx = prompt(4)
+    greedy = generate(ours, idx, 10, 16)
+    eos_id = greedy[0, 7].item()  # the fourth generated token
+    expected = book_generate(book, idx, 10, context_size=16, eos_id=eos_id)
+    out = generate(ours, idx, 10, 16, eos_id=eos_id)
     assert torch.equal(out, expected)
-    assert out.shape[1] == 7
+    assert out.shape[1] < greedy.shape[1]
 
 
-def test_top_k_keeps_the_k_largest():
-    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
-    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[True, False, True, False, True]]
+def test_batch_of_prompts_of_different_lengths_equals_each_alone(models):
+    ours, book = models
+    prompts = [[11, 12, 13], [5, 6, 7, 8, 9, 10, 11, 12, 13], [42]]
+    for new in (6, 25):  # 25 crosses the 16-token context for every row, at different steps
+        batch = generate_batch(ours, prompts, new)
+        for p, out in zip(prompts, batch):
+            assert out == book_generate_text_simple(book, torch.tensor([p]), new, 16)[0].tolist()
 
 
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    probs = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
-    kept = ~torch.isinf(filter_logits(probs.log(), top_p=0.8))
-    assert kept.tolist() == [[True, False, True, False]]
-    kept = ~torch.isinf(filter_logits(probs.log(), top_p=0.81))
-    assert kept.tolist() == [[True, False, True, True]]
-    assert (~torch.isinf(filter_logits(probs.log(), top_p=0.1))).sum() == 1
+def test_batch_cuts_each_row_at_its_own_eos(models):
+    ours, _ = models
+    prompts = [[11, 12, 13], [5, 6, 7, 8, 9]]
+    alone = [generate(ours, torch.tensor([p]), 8, 16)[0].tolist() for p in prompts]
+    eos_id = alone[0][5]  # the third token generated for the first prompt
+    batch = generate_batch(ours, prompts, 8, decoding=DecodingConfig(eos_id=eos_id))
+    for p, out, full in zip(prompts, batch, alone):
+        new = full[len(p) :]
+        expected = full[: len(p) + new.index(eos_id)] if eos_id in new else full
+        assert out == expected
+    assert len(batch[0]) == 5
+
+
+def test_stream_yields_each_token_before_computing_the_next(models):
+    ours, _ = models
+    calls = []
+    handle = ours.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[1]))
+    try:
+        tokens = stream(ours, prompt(4), 6, 16)
+        first = next(tokens)
+        assert calls == [4]  # one prefill of the prompt, nothing more yet
+        rest = list(tokens)
+    finally:
+        handle.remove()
+    assert calls == [4, 1, 1, 1, 1, 1]  # then one token per step, thanks to the cache
+    streamed = torch.cat([first, *rest], dim=1)
+    assert torch.equal(streamed, generate(ours, prompt(4), 6, 16, use_cache=False)[:, 4:])
+
+
+def test_sample_callback_uses_the_cache_and_gives_the_uncached_text(tiny_cfg):
+    ours = GPTModel({**tiny_cfg, "context_length": 16}).eval()
+
+    class Holder:
+        model = ours
+        device = torch.device("cpu")
+
+    calls = []
+    handle = ours.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[1]))
+    try:
+        text = SampleText(max_new_tokens=12).sample(Holder())
+    finally:
+        handle.remove()
+    assert calls[1:] == [1] * 11
+    from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
+
+    expected = generate(ours, text_to_token_ids("Every effort moves you"), 12, 16, use_cache=False)
+    assert text == token_ids_to_text(expected)
+
+
+def test_long_prompt_is_cropped_from_the_left_with_a_warning(models):
+    ours, book = models
+    idx = prompt(20)
+    with pytest.warns(UserWarning, match="the prompt has 20 tokens but the context holds 16"):
+        out = generate(ours, idx, 5, 16)
+    assert torch.equal(out, book_generate_text_simple(book, idx, 5, 16))
+
+
+def test_prompt_within_the_context_gives_no_warning(models):
+    ours, _ = models
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(ours, prompt(16), 2, 16)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"temperature": -0.1}, "decoding.temperature must be >= 0"),
-        ({"top_k": 0}, "decoding.top_k must be a positive integer"),
+        ({"temperature": -0.5}, r"decoding.temperature must be >= 0"),
+        ({"top_k": 0}, r"decoding.top_k must be a positive integer"),
+        ({"top_k": 1001}, r"decoding.top_k \(1001\) exceeds the vocabulary size \(1000\)"),
         ({"top_p": 0.0}, r"decoding.top_p must be in \(0, 1\]"),
         ({"top_p": 1.5}, r"decoding.top_p must be in \(0, 1\]"),
+        ({"max_new_tokens": -1}, r"max_new_tokens must be an integer >= 0"),
+        ({"idx": torch.zeros(1, 0, dtype=torch.long)}, r"the prompt is empty"),
     ],
 )
-def test_bad_decoding_values_are_refused(kwargs, message):
+def test_bad_decoding_values_are_refused(models, kwargs, message):
+    ours, _ = models
+    args = {"idx": prompt(3), "max_new_tokens": 3, **kwargs}
     with pytest.raises(UserError, match=message):
-        DecodingConfig(**kwargs)
+        generate(ours, context_size=16, **args)
+
+
+def test_empty_prompt_in_a_batch_is_refused(models):
+    with pytest.raises(UserError, match="a prompt is empty"):
+        generate_batch(models[0], [[1, 2], []], 3)
+
+
+def test_zero_new_tokens_returns_the_prompt(models):
+    idx = prompt(3)
+    assert torch.equal(generate(models[0], idx, 0, 16), idx)
+
+
+def test_book_model_runs_uncached(models):
+    _, book = models
+    idx = prompt(3)
+    assert torch.equal(generate(book, idx, 5, 16), book_generate_text_simple(book, idx, 5, 16))
+
+
+def test_decode_stream_holds_back_split_characters():
+    from gptlit.tokenizer import decode_stream, encode, get_tokenizer
+
+    text = "naïve café — “quotes” 日本語 😀 emoji"
+    ids = encode(text)
+    pieces = list(decode_stream(ids))
+    assert "".join(pieces) == get_tokenizer().decode(ids) == text
+    assert all("\ufffd" not in p for p in pieces)  # no piece ends inside a character
+    assert len(pieces) < len(ids)  # some tokens only carry part of a character
