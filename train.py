@@ -9,6 +9,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlit.errors import exit_on_user_error
 from gptlit.module import GPTLitModule
+from gptlit.precision import register_resolver
+
+# conf/trainer/default.yaml asks for ${gptlit.precision:...}; it must exist before Hydra resolves the config.
+register_resolver()
 
 
 def train(cfg: DictConfig) -> L.Trainer:
