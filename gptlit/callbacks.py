@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from pathlib import Path
+from time import perf_counter
 
 import lightning as L
 import torch
@@ -124,7 +124,7 @@ class Throughput(L.Callback):
             self.peak_flops = measure_matmul_flops(pl_module.device, dtype)
 
     def on_train_batch_end(self, trainer, pl_module: GPTLitModule, outputs, batch, batch_idx: int) -> None:
-        now = time.perf_counter()
+        now = perf_counter()
         inputs = batch[0]
         if self._last is not None:
             self._steps.append((now - self._last, inputs.numel() * trainer.world_size))
