@@ -115,34 +115,39 @@ def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
 
     from gptlit.model import GPTModel
     from gptlit.module import cross_entropy
-    from gptlit.precision import precision_dtype
+    from gptlit.precision import precision_dtype, resolve_device_type
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(data_path, overrides, run_dir)
-        data = instantiate(cfg.data)
-        data.setup()
-        stream = batches(data.train_dataloader())
-        torch.manual_seed(cfg.seed)
-        model = GPTModel(instantiate(cfg.model))
-        model.train()
-        optimizer = instantiate(cfg.optimizer)(model.parameters())
-        # `--variant compiled=+compile=true` measures torch.compile; gptlit has no such setting as it does not pay.
-        forward = torch.compile(model) if cfg.get("compile") else model
-        precision = str(cfg.trainer.precision)
-        # Lightning's "-mixed" precisions autocast the forward pass; "32-true" runs as is.
-        autocast = (
-            torch.autocast("cpu", dtype=precision_dtype(precision)) if precision.endswith("-mixed") else nullcontext()
-        )
+    device = torch.device(resolve_device_type(cfg.trainer.accelerator))
+    if device.type == "cuda":
+        # What the FastFloat32Matmuls callback does in the Lightning run.
+        torch.set_float32_matmul_precision("high")
+    data = instantiate(cfg.data)
+    data.setup()
+    stream = batches(data.train_dataloader())
+    torch.manual_seed(cfg.seed)
+    model = GPTModel(instantiate(cfg.model)).to(device)
+    model.train()
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    # `--variant compiled=+compile=true` measures torch.compile.
+    forward = torch.compile(model) if cfg.get("compile") else model
+    precision = str(cfg.trainer.precision)
+    # Lightning's "-mixed" precisions autocast the forward pass; "32-true" runs as is.
+    mixed = precision.endswith("-mixed")
+    autocast = torch.autocast(device.type, dtype=precision_dtype(precision)) if mixed else nullcontext()
 
-        def step() -> None:
-            inputs, targets = next(stream)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = cross_entropy(forward(inputs), targets)
-            loss.backward()
-            optimizer.step()
+    def step() -> None:
+        inputs, targets = (t.to(device) for t in next(stream))
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = cross_entropy(forward(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        # Lightning's progress bar reads the loss every step; reading it here syncs the device alike.
+        loss.item()
 
-        serve(conn, step)
+    serve(conn, step)
 
 
 def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
