@@ -16,10 +16,22 @@ from gptlit.cli import check_group_choices, exit_on_user_error
 from gptlit.files import SafeCheckpointIO
 from gptlit.interrupt import TrainingInterrupted, resume_command
 from gptlit.launch import job_launches_itself
+from gptlit.model import GPTConfig
 from gptlit.module import GPTLitModule
-from gptlit.weights import read_checkpoint
+from gptlit.precision import register_resolver
+from gptlit.weights import check_fits, read_weights
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+# conf/trainer/default.yaml asks for ${gptlit.precision:...}; it must exist before Hydra resolves the config.
+register_resolver()
+
+
+def model_config(model: DictConfig) -> tuple[GPTConfig, str | None]:
+    """The model group as GPTConfig, and model.init_from: the weights to start from, which is no
+    architecture setting, so GPTConfig never sees it."""
+    spec = OmegaConf.to_container(model, resolve=True)
+    init_from = spec.pop("init_from", None)
+    return instantiate(spec), init_from
 
 
 def train(cfg: DictConfig) -> L.Trainer:
@@ -31,15 +43,12 @@ def train(cfg: DictConfig) -> L.Trainer:
         # machine: the others wait for it in Lightning's own prepare_data/setup order.
         datamodule.prepare_data()
         datamodule.setup("fit")
-    if cfg.ckpt_path:
-        # A missing, corrupt or unsafe checkpoint is reported before anything is built or written.
-        read_checkpoint(cfg.ckpt_path)
-    # model.init_from names weights to start from; it is not an architecture setting, so GPTConfig never sees it.
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    init_from = model_cfg.pop("init_from", None)
-    module = GPTLitModule(
-        instantiate(model_cfg), optimizer=instantiate(cfg.optimizer), init_from=init_from, **cfg.module
-    )
+    # A missing, corrupt or unsafe checkpoint is reported before anything is built or written.
+    resume_from = read_weights(cfg.ckpt_path) if cfg.ckpt_path else None
+    config, init_from = model_config(cfg.model)
+    module = GPTLitModule(config, optimizer=instantiate(cfg.optimizer), init_from=init_from, **cfg.module)
+    if resume_from is not None:
+        check_fits(module.model, resume_from)  # a checkpoint of another size names the model= that fits it
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[SafeCheckpointIO()])

@@ -1,8 +1,10 @@
-"""Callbacks of a training run: a text sample after each epoch and the loss plot at the end."""
+"""Callbacks of a training run: a text sample after each epoch, the loss plot at the end, throughput."""
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
+from time import perf_counter
 
 import lightning as L
 import torch
@@ -13,6 +15,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from gptlit.generation import DecodingConfig, generate
 from gptlit.module import GPTLitModule
 from gptlit.plot import plot_losses
+from gptlit.precision import precision_dtype
+from gptlit.throughput import measure_matmul_flops, training_flops_per_token
 from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
 from gptlit.weights import save_book_pth, save_safetensors
 
@@ -115,3 +119,59 @@ class ProgressBar(TQDMProgressBar):
         bar = super().init_validation_tqdm()
         bar.disable = True
         return bar
+
+
+class Throughput(L.Callback):
+    """Training tokens/s and model FLOPs utilisation over the last ``window`` steps, in the bar and the logger.
+
+    A step is timed from the end of one training batch to the end of the next, so it includes data loading and
+    every hook; intervals holding an evaluation or an epoch's end are left out. MFU divides the model FLOPs of
+    those tokens (gptlit.throughput) by ``peak_flops``, by default the matmul rate measured on the training
+    device in the precision's dtype when fit starts. Only host clocks are read: no device sync is added.
+    """
+
+    def __init__(self, window: int = 20, peak_flops: float | None = None):
+        self.window = window
+        self.peak_flops = peak_flops
+        self._steps: deque[tuple[float, int]] = deque(maxlen=window)
+        self._last: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        if self.peak_flops is None:
+            dtype = precision_dtype(trainer.precision)
+            self.peak_flops = measure_matmul_flops(pl_module.device, dtype)
+
+    def on_train_batch_end(self, trainer, pl_module: GPTLitModule, outputs, batch, batch_idx: int) -> None:
+        now = perf_counter()
+        inputs = batch[0]
+        if self._last is not None:
+            self._steps.append((now - self._last, inputs.numel() * trainer.world_size))
+        self._last = now
+        if not self._steps:
+            return
+        seconds = sum(s for s, _ in self._steps)
+        tokens_per_sec = sum(n for _, n in self._steps) / seconds
+        mfu = tokens_per_sec * training_flops_per_token(pl_module.config, inputs.shape[1]) / self.peak_flops
+        pl_module.log_dict(
+            {"perf/tokens_per_sec": tokens_per_sec, "perf/mfu": mfu},
+            prog_bar=True,
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )
+
+    def _interrupt(self, *args) -> None:
+        self._last = None
+
+    on_validation_start = on_train_epoch_end = on_train_epoch_start = _interrupt
+
+
+class FastFloat32Matmuls(L.Callback):
+    """On CUDA, let fp32 matmuls run on TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation).
+
+    Elsewhere nothing changes: on CPU the same switch may move fp32 matmuls to bf16 and alter results.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.set_float32_matmul_precision("high")

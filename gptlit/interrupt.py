@@ -44,6 +44,10 @@ class GracefulInterrupt(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
+        if trainer.world_size > 1:
+            # Ranks would see a signal at different steps and wait for each other in the checkpoint save;
+            # several processes keep Lightning's own SIGTERM handling and its periodic checkpoints.
+            return
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._request)
 

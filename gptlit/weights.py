@@ -151,8 +151,8 @@ def _describe(config: GPTConfig) -> str:
     return f"emb_dim={config.emb_dim}, n_layers={config.n_layers}, vocab_size={config.vocab_size}, context_length={config.context_length}"
 
 
-def load_weights(model: GPTModel, weights: Weights) -> GPTModel:
-    """Copy ``weights`` into ``model``; any difference in names or shapes is one UserError naming the tensors."""
+def check_fits(model: GPTModel, weights: Weights) -> None:
+    """Any difference in tensor names or shapes between ``weights`` and ``model`` is one UserError naming them."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.state.items()}
     problems = [f"{k} is {list(found[k])} in the file but {list(shape)} in the model" for k, shape in expected.items() if k in found and found[k] != shape]
@@ -167,6 +167,11 @@ def load_weights(model: GPTModel, weights: Weights) -> GPTModel:
             f"{weights.source} does not fit the model ({_describe(model.cfg)}): {shown}; "
             f"the file fits {fitting_model(weights.state)}"
         )
+
+
+def load_weights(model: GPTModel, weights: Weights) -> GPTModel:
+    """Copy ``weights`` into ``model`` once check_fits agrees."""
+    check_fits(model, weights)
     model.load_state_dict(weights.state)
     if weights.tied:
         model.out_head.weight = model.tok_emb.weight

@@ -2,10 +2,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+
 import pytest
 import torch
 
+from gptlit.precision import register_resolver
+
 ROOT = Path(__file__).resolve().parents[1]
+# The configs resolve trainer.precision through gptlit's resolver, as train.py registers it.
+register_resolver()
 
 
 def find_verdict() -> Path:
@@ -47,11 +53,14 @@ def _fixed_seed():
     torch.manual_seed(0)
 
 
+def compose_config(*overrides: str, config: str = "train"):
+    """A config of conf/ composed as the entry points compose it, with the given overrides."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config, overrides=list(overrides))
+
 
 def compose_train(run_dir: Path, *overrides: str):
     """conf/train.yaml composed for a small, quick CPU run writing to run_dir; overrides come last."""
-    from hydra import compose, initialize_config_dir
-
     base = [
         "model=tiny",
         "data.context_length=32",
@@ -67,8 +76,7 @@ def compose_train(run_dir: Path, *overrides: str):
         "callbacks.sample_text=null",
         f"run_dir={run_dir}",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[*base, *overrides])
+    return compose_config(*base, *overrides)
 
 
 @pytest.fixture

@@ -1,33 +1,33 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from gptlit.data import TextDataModule
 from gptlit.generation import DecodingConfig
 from gptlit.model import GPTConfig
-from train import train
+from train import model_config, train
+
+from .conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BOOK_SIZES = {"gpt124m": (768, 12, 12), "gpt355m": (1024, 16, 24), "gpt774m": (1280, 20, 36), "gpt1558m": (1600, 25, 48)}
 
 
 def compose_train(*overrides, run_dir="unused"):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[f"run_dir={run_dir}", *overrides])
+    return compose_config(f"run_dir={run_dir}", *overrides)
 
 
 def test_defaults_are_the_books_chapter_5_run():
     cfg = compose_train()
-    model = instantiate(cfg.model)
+    model = model_config(cfg.model)[0]
     assert model == GPTConfig(vocab_size=50257, context_length=256, emb_dim=768, n_heads=12, n_layers=12,
                               drop_rate=0.1, qkv_bias=False)
     dm = instantiate(cfg.data)
     assert isinstance(dm, TextDataModule)
     assert (dm.context_length, dm.stride, dm.batch_size, dm.train_ratio) == (256, 256, 2, 0.9)
     optimizer = instantiate(cfg.optimizer)
-    assert optimizer.keywords == {"lr": 0.0004, "weight_decay": 0.1}
+    assert optimizer.keywords == {"lr": 0.0004, "weight_decay": 0.1, "fused": True}
     assert cfg.trainer.max_epochs == 10 and cfg.trainer.val_check_interval == 5
     assert cfg.trainer.limit_val_batches == 5 and cfg.seed == 123
     assert instantiate(cfg.decoding) == DecodingConfig()
@@ -36,13 +36,13 @@ def test_defaults_are_the_books_chapter_5_run():
 
 @pytest.mark.parametrize("name", sorted(BOOK_SIZES))
 def test_model_sizes(name):
-    model = instantiate(compose_train(f"model={name}").model)
+    model = model_config(compose_train(f"model={name}").model)[0]
     assert (model.emb_dim, model.n_heads, model.n_layers) == BOOK_SIZES[name]
 
 
 def test_data_context_length_resizes_the_model_too():
     cfg = compose_train("model=gpt355m", "data.context_length=128")
-    assert instantiate(cfg.model).context_length == 128 and instantiate(cfg.data).context_length == 128
+    assert model_config(cfg.model)[0].context_length == 128 and instantiate(cfg.data).context_length == 128
 
 
 def test_sample_decoding_has_the_books_values():

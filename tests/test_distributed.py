@@ -13,7 +13,10 @@ import torch
 from gptlit.sampler import BatchShardSampler
 from gptlit.weights import read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+from train import model_config
+
+from .conftest import ROOT, compose_config
+
 STEPS = 6
 EVAL_EVERY = 3
 
@@ -117,20 +120,18 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
 
 @pytest.mark.parametrize("model", ["gpt774m", "gpt1558m"])
 def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import FSDPStrategy
 
     from gptlit.model import GPTConfig, GPTModel, TransformerBlock
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=[f"model={model}", "trainer=fsdp", "trainer.num_nodes=2", "run_dir=."])
+    cfg = compose_config(f"model={model}", "trainer=fsdp", "trainer.num_nodes=2", "run_dir=.")
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy) and cfg.trainer.num_nodes == 2
     assert strategy._state_dict_type == "full"
     # The policies pick exactly the model's transformer blocks (a model of the same depth, narrower, to
     # keep the test small).
-    full = instantiate(cfg.model)
+    full = model_config(cfg.model)[0]
     config = GPTConfig.from_any({**full.to_dict(), "emb_dim": 2 * full.n_heads, "vocab_size": 10})
     gpt = GPTModel(config)
     blocks = {m for m in gpt.modules() if isinstance(m, TransformerBlock)}

@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import generate as generate_py
@@ -14,7 +13,7 @@ from gptlit.generation import generate
 from gptlit.model import GPTModel
 from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
 from gptlit.weights import model_from_weights, read_weights, save_book_pth
-from tests.conftest import ROOT
+from tests.conftest import ROOT, compose_config
 
 PROMPT = "Every effort moves you"
 # conf/model/tiny.yaml at a 32-token context.
@@ -22,8 +21,7 @@ TINY = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, 
 
 
 def run_generate(capsys, *overrides, stdin=None):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("generate", overrides=list(overrides))
+    cfg = compose_config(*overrides, config="generate")
     if stdin is not None:
         sys.stdin = io.StringIO(stdin)
     try:

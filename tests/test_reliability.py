@@ -172,3 +172,19 @@ def test_train_reports_bad_data_in_one_line_and_leaves_no_run_dir(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: the val split of")
     assert not run_dir.exists()
+
+
+def test_resuming_from_another_model_size_names_the_fitting_config(tmp_path, verdict_path):
+    from gptlit.model import GPTModel
+    from gptlit.weights import save_book_pth
+
+    save_book_pth(GPTModel({"context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2}), tmp_path / "big.pth")
+    run_dir = tmp_path / "outputs" / "run"
+    result = run_train(f"data.path={verdict_path}", "data.context_length=32", f"ckpt_path={tmp_path / 'big.pth'}",
+                       f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {tmp_path / 'big.pth'} does not fit the model")
+    assert "tok_emb.weight is [50257, 64] in the file but [50257, 32] in the model" in line
+    assert "the file fits model.vocab_size=50257 model.emb_dim=64 model.n_layers=2" in line
+    assert not run_dir.exists()

@@ -1,0 +1,59 @@
+import lightning as L
+import pytest
+import torch
+
+from gptlit import callbacks
+from gptlit.callbacks import Throughput
+from gptlit.data import TextDataModule
+from gptlit.model import GPTConfig, GPTModel
+from gptlit.module import GPTLitModule
+from gptlit.throughput import matmul_parameters, measure_matmul_flops, training_flops_per_token
+
+
+def embedding_free_parameters(model: GPTModel) -> int:
+    lookups = model.tok_emb.weight.numel() + model.pos_emb.weight.numel()
+    return sum(p.numel() for p in model.parameters()) - lookups
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_matmul_parameters_count_the_model_without_embeddings(tiny_cfg, qkv_bias):
+    cfg = GPTConfig.from_any({**tiny_cfg, "qkv_bias": qkv_bias})
+    assert matmul_parameters(cfg) == embedding_free_parameters(GPTModel(cfg))
+
+
+def test_gpt124m_flops_per_token():
+    cfg = GPTConfig(context_length=1024)
+    with torch.device("meta"):
+        n = embedding_free_parameters(GPTModel(cfg))
+    # The book's 163,009,536 parameters less 50257 x 768 token and 1024 x 768 position embeddings.
+    assert n == 163_009_536 - 50257 * 768 - 1024 * 768
+    assert training_flops_per_token(cfg) == 6 * n + 12 * 12 * 1024 * 768
+    assert training_flops_per_token(cfg, seq_len=256) == 6 * n + 12 * 12 * 256 * 768
+
+
+def test_matmul_rate_is_measured():
+    assert measure_matmul_flops("cpu", torch.float32, size=128, repeats=2) > 0
+
+
+def test_throughput_logs_tokens_per_second_and_mfu(monkeypatch, verdict_path, tiny_cfg):
+    # A clock that advances 0.25 s per reading makes every timed step take exactly 0.25 s.
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(callbacks, "perf_counter", lambda: 0.25 * next(ticks))
+    cfg = GPTConfig.from_any({**tiny_cfg, "context_length": 32})
+    data = TextDataModule(str(verdict_path), context_length=32, batch_size=2)
+    trainer = L.Trainer(
+        max_steps=4,
+        limit_val_batches=0,
+        callbacks=[Throughput(window=3, peak_flops=1e9)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(GPTLitModule(cfg), datamodule=data)
+    tokens_per_sec = trainer.callback_metrics["perf/tokens_per_sec"].item()
+    assert tokens_per_sec == pytest.approx(2 * 32 / 0.25)
+    assert trainer.callback_metrics["perf/mfu"].item() == pytest.approx(
+        tokens_per_sec * training_flops_per_token(cfg, 32) / 1e9, rel=1e-5
+    )
+    assert "perf/tokens_per_sec" in trainer.progress_bar_metrics
