@@ -20,27 +20,13 @@ class TextFilesDataModule(TextDataModule):
         self,
         path: str,
         cache_dir: str = "data/token-cache",
-        context_length: int = 256,
-        stride: int | None = None,
-        batch_size: int = 2,
-        train_ratio: float = 0.9,
-        num_workers: int = 0,
-        shuffle: bool = True,
-        encoding_errors: str = "strict",
         tokenize_workers: int | None = None,
         progress: bool = True,
+        **kwargs,
     ):
-        super().__init__(
-            path=path,
-            context_length=context_length,
-            stride=stride,
-            batch_size=batch_size,
-            train_ratio=train_ratio,
-            num_workers=num_workers,
-            shuffle=shuffle,
-            url=None,
-            encoding_errors=encoding_errors,
-        )
+        """``kwargs`` are TextDataModule's window and loader settings (context_length, stride, batch_size,
+        train_ratio, num_workers, shuffle, encoding_errors); a corpus is never downloaded."""
+        super().__init__(path=path, url=None, **kwargs)
         self.source = str(path)
         self.cache_dir = Path(cache_dir)
         self.tokenize_workers = tokenize_workers

@@ -73,7 +73,8 @@ def test_generate_missing_checkpoint_is_one_line(tmp_path):
     result = run("generate.py", f"ckpt_path={tmp_path / 'nope.ckpt'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: checkpoint {tmp_path / 'nope.ckpt'} does not exist or is not a file; pass the path of a .ckpt/.pth/.pt/.safetensors file"
+        f"error: {tmp_path / 'nope.ckpt'} does not exist; pass a .ckpt/.pth/.pt/.safetensors file, a GPT-2 name "
+        "(gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a folder with config.json and model.safetensors"
     ]
 
 
