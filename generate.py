@@ -15,18 +15,9 @@ from gptlit.cli import check_group_choices, exit_on_user_error
 from gptlit.errors import UserError
 from gptlit.generation import DecodingConfig, stream
 from gptlit.model import GPTModel
+from gptlit.precision import resolve_device_type
 from gptlit.tokenizer import decode_stream, encode, get_tokenizer
 from gptlit.weights import model_from_weights, read_weights
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def load_model(cfg: DictConfig) -> GPTModel:
@@ -55,7 +46,7 @@ def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingCo
 
 def run(cfg: DictConfig) -> None:
     decoding = instantiate(cfg.decoding)
-    model = load_model(cfg).to(pick_device(cfg.device)).eval()
+    model = load_model(cfg).to(torch.device(resolve_device_type(cfg.device))).eval()
     # Seeded after the model is built (building draws random initial weights), so sampling draws alone decide.
     torch.manual_seed(cfg.seed)
     prompts = (line.rstrip("\n") for line in sys.stdin) if cfg.interactive else [cfg.prompt]

@@ -102,7 +102,6 @@ class LossPlot(L.Callback):
         history = pl_module.history
         if not history:
             return
-        self.dirpath.mkdir(parents=True, exist_ok=True)
         plot_losses(
             [h["epoch"] for h in history],
             [h["tokens_seen"] for h in history],

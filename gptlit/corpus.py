@@ -34,8 +34,10 @@ class TextFilesDataModule(TextDataModule):
         self.token_path: Path | None = None
 
     def prepare_data(self) -> None:
-        # Lightning runs this on one process per node, before the others read the cache in setup.
-        self.token_path = self.build()
+        # Lightning runs this on one process per node, before the others read the cache in setup. train.py
+        # calls it once before Lightning does, so the corpus is hashed once, not twice.
+        if self.token_path is None:
+            self.token_path = self.build()
 
     def build(self) -> Path:
         return build_token_cache(

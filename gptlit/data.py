@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from gptlit.errors import UserError
+from gptlit.errors import UserError, check_int
 from gptlit.files import atomic_write
 from gptlit.sampler import BatchShardSampler
 from gptlit.tokenizer import encode
@@ -117,16 +117,13 @@ class TextDataModule(L.LightningDataModule):
         encoding_errors: str = "strict",
     ):
         super().__init__()
-        for name, value in (("context_length", context_length), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"data.{name} must be a positive integer, got {value!r}")
+        check_int("data.context_length", context_length)
+        check_int("data.batch_size", batch_size)
         stride = context_length if stride is None else stride
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride <= 0:
-            raise UserError(f"data.stride must be a positive integer or null (= context_length), got {stride!r}")
+        check_int("data.stride", stride, what="a positive integer or null (= context_length)")
         if not 0.0 < train_ratio < 1.0:
             raise UserError(f"data.train_ratio must be strictly between 0 and 1, got {train_ratio!r}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise UserError(f"data.num_workers must be a non-negative integer, got {num_workers!r}")
+        check_int("data.num_workers", num_workers, minimum=0, what="a non-negative integer")
         self.path = Path(path)
         self.url = url
         self.context_length = context_length

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from gptlit.errors import UserError
+from gptlit.errors import UserError, check_int
 from gptlit.kv_cache import KVCache
 from gptlit.model import GPTModel
 
@@ -110,8 +110,7 @@ def _cacheable(model: nn.Module) -> GPTModel | None:
 
 def check_request(n_prompt: int, max_new_tokens: int, context_size: int) -> None:
     """Refuse what cannot be generated; warn when the book's crop will drop the start of the prompt."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, minimum=0, what="an integer >= 0")
     if n_prompt == 0:
         raise UserError('the prompt is empty; pass some text, e.g. prompt="Every effort moves you"')
     if n_prompt > context_size:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptlit.errors import UserError
+from gptlit.errors import UserError, check_int
 from gptlit.kv_cache import KVCache, LayerCache
 
 ATTENTION_KINDS = ("sdpa", "reference")
@@ -37,9 +37,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"model.{name} must be a positive integer, got {value!r}")
+            check_int(f"model.{name}", getattr(self, name))
         if self.emb_dim % self.n_heads:
             raise UserError(
                 f"model.emb_dim ({self.emb_dim}) must be divisible by model.n_heads ({self.n_heads}); "

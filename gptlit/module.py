@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gptlit.errors import UserError
+from gptlit.errors import UserError, check_int
 from gptlit.model import GPTConfig, GPTModel
 from gptlit.weights import init_model
 
@@ -52,9 +52,9 @@ class GPTLitModule(L.LightningModule):
         if on_nonfinite not in ("stop", "skip"):
             raise UserError(f"module.on_nonfinite must be stop or skip, got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
-        for name, value in (("eval_freq", eval_freq), ("eval_iter", eval_iter)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise UserError(f"module.{name} must be a positive integer, got {value!r}")
+        if eval_freq is not None:
+            check_int("module.eval_freq", eval_freq)
+        check_int("module.eval_iter", eval_iter)
         self.eval_freq = eval_freq
         self.eval_iter = eval_iter
         config = GPTConfig.from_any(model)
