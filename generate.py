@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from gptlit.cli import check_group_choices, exit_on_user_error
+from gptlit.app.cli import check_group_choices, exit_on_user_error
 from gptlit.errors import UserError
-from gptlit.generation import DecodingConfig, stream
-from gptlit.model import GPTModel
-from gptlit.precision import resolve_device_type
-from gptlit.tokenizer import decode_stream, encode, get_tokenizer
-from gptlit.weights import model_from_weights, read_weights
+from gptlit.core.generation import DecodingConfig, stream
+from gptlit.core.device import model_device, pick_device
+from gptlit.core.model import GPTModel
+from gptlit.core.tokenizer import decode_stream, encode, get_tokenizer
+from gptlit.weights.io import model_from_weights, read_weights
 
 
 def load_model(cfg: DictConfig) -> GPTModel:
@@ -26,17 +27,15 @@ def load_model(cfg: DictConfig) -> GPTModel:
     weights = read_weights(cfg.ckpt_path if cfg.ckpt_path is not None else cfg.pretrained)
     config = None
     if weights.config is None and cfg.get("model") is not None:
-        # The model group's context_length follows data.context_length (null here): the file's table decides.
-        spec = OmegaConf.to_container(cfg.model, resolve=True)
-        spec.pop("init_from", None)
-        config = instantiate({**spec, "context_length": weights.context_length})
+        # The length of the file's position table decides the context, not the model group's default.
+        config = replace(instantiate(cfg.model), context_length=weights.context_length)
     return model_from_weights(weights, config)
 
 
 def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingConfig, out=None) -> None:
     """Print the prompt, then each piece of text as soon as its tokens are generated."""
     out = out or sys.stdout
-    idx = torch.tensor([encode(prompt)], device=model.out_head.weight.device)
+    idx = torch.tensor([encode(prompt)], device=model_device(model))
     tokens = (t.item() for t in stream(model, idx, cfg.max_new_tokens, model.cfg.context_length, decoding))
     print(prompt, end="", file=out, flush=True)
     for piece in decode_stream(tokens, get_tokenizer()):
@@ -46,7 +45,8 @@ def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingCo
 
 def run(cfg: DictConfig) -> None:
     decoding = instantiate(cfg.decoding)
-    model = load_model(cfg).to(torch.device(resolve_device_type(cfg.device))).eval()
+    device = pick_device(cfg.device)  # a device this machine lacks is refused before the weights are read
+    model = load_model(cfg).to(device).eval()
     # Seeded after the model is built (building draws random initial weights), so sampling draws alone decide.
     torch.manual_seed(cfg.seed)
     prompts = (line.rstrip("\n") for line in sys.stdin) if cfg.interactive else [cfg.prompt]

@@ -20,7 +20,7 @@ from llms_from_scratch.ch05 import train_model_simple
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gptlit.tokenizer import get_tokenizer  # noqa: E402
+from gptlit.core.tokenizer import get_tokenizer  # noqa: E402
 
 GPT_CONFIG_124M = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
                    "drop_rate": 0.1, "qkv_bias": False}

@@ -51,8 +51,8 @@ def measure(folder: Path, cache_dir: Path, workers: int) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
-    from gptlit.data import TokenWindows
-    from gptlit.token_cache import TokenFile, build_token_cache, find_text_files
+    from gptlit.data.text import TokenWindows
+    from gptlit.data.token_cache import TokenFile, build_token_cache, find_text_files
 
     files = find_text_files(folder)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel  # noqa: E402
 from llms_from_scratch.ch04 import generate_text_simple as book_generate_text_simple  # noqa: E402
 
-from gptlit.generation import generate  # noqa: E402
-from gptlit.model import GPTModel  # noqa: E402
-from gptlit.tokenizer import text_to_token_ids  # noqa: E402
+from gptlit.core.generation import generate  # noqa: E402
+from gptlit.core.model import GPTModel  # noqa: E402
+from gptlit.core.tokenizer import text_to_token_ids  # noqa: E402
 
 GPT_CONFIG_124M = {
     "vocab_size": 50257,

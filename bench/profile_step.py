@@ -51,9 +51,9 @@ def main() -> None:
     from hydra.utils import instantiate
     from torch.profiler import ProfilerActivity, profile
 
-    from gptlit.model import GPTModel
-    from gptlit.module import cross_entropy
-    from gptlit.precision import precision_dtype
+    from gptlit.core.model import GPTModel
+    from gptlit.training.module import cross_entropy
+    from gptlit.training.precision import precision_dtype
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(args.data, args.override, run_dir)

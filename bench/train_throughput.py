@@ -55,7 +55,7 @@ def peak_rss_bytes() -> int:
 def compose_config(data_path: str, overrides: list[str], run_dir: str):
     from hydra import compose, initialize_config_dir
 
-    from gptlit.precision import register_resolver
+    from gptlit.training.precision import register_resolver
 
     register_resolver()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -89,7 +89,7 @@ def book_worker(conn, data_path: str) -> None:
     from llms_from_scratch.ch04 import GPTModel
     from llms_from_scratch.ch05 import calc_loss_batch
 
-    from gptlit.data import TextDataModule
+    from gptlit.data.text import TextDataModule
 
     data = TextDataModule(data_path, context_length=256, batch_size=2)
     data.setup()
@@ -113,9 +113,10 @@ def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
     import torch
     from hydra.utils import instantiate
 
-    from gptlit.model import GPTModel
-    from gptlit.module import cross_entropy
-    from gptlit.precision import precision_dtype, resolve_device_type
+    from gptlit.core.model import GPTModel
+    from gptlit.training.module import cross_entropy
+    from gptlit.core.device import resolve_device_type
+    from gptlit.training.precision import precision_dtype
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(data_path, overrides, run_dir)
@@ -154,7 +155,7 @@ def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
     import lightning as L
     from hydra.utils import instantiate
 
-    from gptlit.module import GPTLitModule
+    from gptlit.training.module import GPTLitModule
 
     class Pacer(L.Callback):
         """Times each step from its start hook to the next one's and hands the parent control between blocks."""
@@ -206,7 +207,7 @@ def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
 def machine() -> str:
     import torch
 
-    from gptlit.precision import cpu_flags
+    from gptlit.training.precision import cpu_flags
 
     name = "unknown CPU"
     try:
@@ -245,8 +246,8 @@ def main() -> None:
 
     import torch
 
-    from gptlit.model import GPTConfig
-    from gptlit.throughput import measure_matmul_flops, training_flops_per_token
+    from gptlit.core.model import GPTConfig
+    from gptlit.training.throughput import measure_matmul_flops, training_flops_per_token
 
     with tempfile.TemporaryDirectory() as run_dir:
         precision = compose_config(args.data, args.override, run_dir).trainer.precision

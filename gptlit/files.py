@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+@functools.cache
+def _umask() -> int:
+    # The process umask can only be read by setting it; done once, on first write, not at import.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -23,7 +25,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -33,17 +35,3 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, but every save is atomic and every load refuses anything but tensors and
-    plain data (weights_only=True), so a checkpoint from elsewhere cannot run code when resumed from."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        with atomic_write(path) as f:
-            torch.save(checkpoint, f)
-
-    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
-        from gptlit.weights import read_checkpoint
-
-        return read_checkpoint(path)

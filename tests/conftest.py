@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 import pytest
 import torch
 
-from gptlit.precision import register_resolver
+from gptlit.training.precision import register_resolver
 
 ROOT = Path(__file__).resolve().parents[1]
 # The configs resolve trainer.precision through gptlit's resolver, as train.py registers it.

@@ -8,8 +8,8 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from llms_from_scratch.ch05 import train_model_simple
 from torch.utils.data import DataLoader
 
-from gptlit.tokenizer import get_tokenizer
-from train import train
+from gptlit.core.tokenizer import get_tokenizer
+from gptlit.app.build import fit as train
 
 from .test_configs import compose_train
 

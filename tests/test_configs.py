@@ -3,12 +3,12 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from gptlit.data import TextDataModule
-from gptlit.generation import DecodingConfig
-from gptlit.model import GPTConfig
-from train import model_config, train
+from gptlit.data.text import TextDataModule
+from gptlit.core.generation import DecodingConfig
+from gptlit.core.model import GPTConfig
+from gptlit.app.build import fit as train
 
-from .conftest import compose_config
+from .conftest import ROOT, compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BOOK_SIZES = {"gpt124m": (768, 12, 12), "gpt355m": (1024, 16, 24), "gpt774m": (1280, 20, 36), "gpt1558m": (1600, 25, 48)}
@@ -20,7 +20,7 @@ def compose_train(*overrides, run_dir="unused"):
 
 def test_defaults_are_the_books_chapter_5_run():
     cfg = compose_train()
-    model = model_config(cfg.model)[0]
+    model = instantiate(cfg.model)
     assert model == GPTConfig(vocab_size=50257, context_length=256, emb_dim=768, n_heads=12, n_layers=12,
                               drop_rate=0.1, qkv_bias=False)
     dm = instantiate(cfg.data)
@@ -36,13 +36,13 @@ def test_defaults_are_the_books_chapter_5_run():
 
 @pytest.mark.parametrize("name", sorted(BOOK_SIZES))
 def test_model_sizes(name):
-    model = model_config(compose_train(f"model={name}").model)[0]
+    model = instantiate(compose_train(f"model={name}").model)
     assert (model.emb_dim, model.n_heads, model.n_layers) == BOOK_SIZES[name]
 
 
 def test_data_context_length_resizes_the_model_too():
     cfg = compose_train("model=gpt355m", "data.context_length=128")
-    assert model_config(cfg.model)[0].context_length == 128 and instantiate(cfg.data).context_length == 128
+    assert instantiate(cfg.model).context_length == 128 and instantiate(cfg.data).context_length == 128
 
 
 def test_sample_decoding_has_the_books_values():
@@ -65,3 +65,25 @@ def test_fast_dev_run_composes_every_part(tmp_path, verdict_path, logger):
     assert trainer.global_step == 2
     callbacks = {type(c).__name__ for c in trainer.callbacks}
     assert {"ModelCheckpoint", "SampleText", "LossPlot", "ProgressBar"} <= callbacks
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")))
+@pytest.mark.parametrize("entry", ["train", "generate"])
+def test_every_model_config_instantiates_in_every_entry_config(entry, name):
+    # The model group is an architecture and nothing else: instantiate() builds it as it stands.
+    config = instantiate(compose_config(f"model={name}", config=entry).model)
+    assert isinstance(config, GPTConfig)
+    assert config.context_length == (256 if entry == "train" else 1024)
+
+
+def test_weights_know_the_sizes_of_conf_model():
+    # gptlit.weights names the `model=` a file fits without reading conf/ (an installed package has none).
+    from hydra.utils import instantiate as build
+
+    from gptlit.weights.io import MODEL_SIZES
+
+    found = {}
+    for path in sorted((ROOT / "conf" / "model").glob("*.yaml")):
+        config = build(compose_config(f"model={path.stem}", config="generate").model)
+        found[path.stem] = {"emb_dim": config.emb_dim, "n_heads": config.n_heads, "n_layers": config.n_layers}
+    assert found == MODEL_SIZES

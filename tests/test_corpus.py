@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from gptlit.corpus import TextFilesDataModule
+from gptlit.data.textfiles import TextFilesDataModule
 from gptlit.errors import UserError
-from gptlit.token_cache import TokenFile
-from gptlit.tokenizer import ENDOFTEXT_ID, encode
+from gptlit.data.token_cache import TokenFile
+from gptlit.core.tokenizer import ENDOFTEXT_ID, encode
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_token_file_holds_each_file_tokenized_and_joined_by_endoftext(books, tmp
     dm = datamodule(books, tmp_path / "cache")
     tokens = np.fromfile(dm.token_path, dtype=np.uint16).tolist()
     assert tokens == expected_tokens(books)
-    # The literal <|endoftext|> inside c.txt is the special token, as gptlit.tokenizer.encode makes it.
+    # The literal <|endoftext|> inside c.txt is the special token, as gptlit.core.tokenizer.encode makes it.
     assert tokens.count(ENDOFTEXT_ID) == 4 + 1
 
 

@@ -3,9 +3,9 @@ import torch
 from llms_from_scratch.ch02 import GPTDatasetV1
 from torch.utils.data import DataLoader
 
-from gptlit.data import TextDataModule, TokenWindows
+from gptlit.data.text import TextDataModule, TokenWindows
 from gptlit.errors import UserError
-from gptlit.tokenizer import encode, get_tokenizer
+from gptlit.core.tokenizer import encode, get_tokenizer
 
 
 def book_loader(text, batch_size, max_length, stride, shuffle, drop_last):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.sampler import BatchShardSampler
-from gptlit.weights import read_checkpoint
+from gptlit.data.shard_sampler import BatchShardSampler
+from gptlit.weights.io import read_checkpoint
 
-from train import model_config
+
 
 from .conftest import ROOT, compose_config
 
@@ -123,7 +123,7 @@ def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from gptlit.model import GPTConfig, GPTModel, TransformerBlock
+    from gptlit.core.model import GPTConfig, GPTModel, TransformerBlock
 
     cfg = compose_config(f"model={model}", "trainer=fsdp", "trainer.num_nodes=2", "run_dir=.")
     strategy = instantiate(cfg.trainer.strategy)
@@ -131,7 +131,7 @@ def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
     assert strategy._state_dict_type == "full"
     # The policies pick exactly the model's transformer blocks (a model of the same depth, narrower, to
     # keep the test small).
-    full = model_config(cfg.model)[0]
+    full = instantiate(cfg.model)
     config = GPTConfig.from_any({**full.to_dict(), "emb_dim": 2 * full.n_heads, "vocab_size": 10})
     gpt = GPTModel(config)
     blocks = {m for m in gpt.modules() if isinstance(m, TransformerBlock)}

@@ -9,10 +9,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import generate as generate_py
 from gptlit.errors import UserError, find_user_error
-from gptlit.generation import generate
-from gptlit.model import GPTModel
-from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
-from gptlit.weights import model_from_weights, read_weights, save_book_pth
+from gptlit.core.generation import generate
+from gptlit.core.model import GPTModel
+from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
+from gptlit.weights.io import model_from_weights, read_weights, save_book_pth
 from tests.conftest import ROOT, compose_config
 
 PROMPT = "Every effort moves you"

@@ -6,11 +6,11 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from llms_from_scratch.ch04 import generate_text_simple as book_generate_text_simple
 from llms_from_scratch.ch05 import generate as book_generate
 
-from gptlit.callbacks import SampleText
+from gptlit.training.callbacks import SampleText
 from gptlit.errors import UserError
-from gptlit.generation import DecodingConfig, filter_logits, generate, generate_batch, stream
-from gptlit.kv_cache import KVCache
-from gptlit.model import GPTModel
+from gptlit.core.generation import DecodingConfig, filter_logits, generate, generate_batch, stream
+from gptlit.core.kv_cache import KVCache
+from gptlit.core.model import GPTModel
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_sample_callback_uses_the_cache_and_gives_the_uncached_text(tiny_cfg):
     finally:
         handle.remove()
     assert calls[1:] == [1] * 11
-    from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
+    from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
 
     expected = generate(ours, text_to_token_ids("Every effort moves you"), 12, 16, use_cache=False)
     assert text == token_ids_to_text(expected)
@@ -210,7 +210,7 @@ def test_book_model_runs_uncached(models):
 
 
 def test_decode_stream_holds_back_split_characters():
-    from gptlit.tokenizer import decode_stream, encode, get_tokenizer
+    from gptlit.core.tokenizer import decode_stream, encode, get_tokenizer
 
     text = "naïve café — “quotes” 日本語 😀 emoji"
     ids = encode(text)

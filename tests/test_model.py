@@ -3,7 +3,7 @@ import torch
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 
 from gptlit.errors import UserError
-from gptlit.model import GPTConfig, GPTModel
+from gptlit.core.model import GPTConfig, GPTModel
 
 
 def test_same_parameter_names_and_shapes_as_the_book(tiny_cfg):

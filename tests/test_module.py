@@ -5,8 +5,8 @@ import pytest
 import torch
 from llms_from_scratch.ch05 import evaluate_model
 
-from gptlit.data import TextDataModule
-from gptlit.module import GPTLitModule, cross_entropy
+from gptlit.data.text import TextDataModule
+from gptlit.training.module import GPTLitModule, cross_entropy
 
 
 def test_loss_is_the_mean_negative_log_likelihood():

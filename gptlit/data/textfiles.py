@@ -1,6 +1,6 @@
 """Many text files as one corpus larger than memory: TextDataModule's windows over a cached token file.
 
-The files are tokenized once into a memory-mapped token file (gptlit.token_cache), ``<|endoftext|>`` between
+The files are tokenized once into a memory-mapped token file (gptlit.data.token_cache), ``<|endoftext|>`` between
 documents. The split is by token position: the first ``train_ratio`` of the corpus's tokens train, the rest
 validate, so the ratio holds exactly whatever the documents' sizes (a split at a document boundary could be
 far off with a few long books); the document that straddles the split contributes to both sides, as The
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptlit.data import TextDataModule
-from gptlit.token_cache import TokenFile, build_token_cache, find_text_files
+from gptlit.data.text import TextDataModule
+from gptlit.data.token_cache import TokenFile, build_token_cache, find_text_files
 
 
 class TextFilesDataModule(TextDataModule):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import urllib.request
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,13 +19,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from gptlit.errors import UserError, check_int
 from gptlit.files import atomic_write
-from gptlit.sampler import BatchShardSampler
-from gptlit.tokenizer import encode
-
-# The train-loss estimate shuffles on purpose (the book's evaluate_model reads the shuffled train loader).
-warnings.filterwarnings("ignore", message=r".*val_dataloader.*shuffling enabled")
-# Lightning looks for state on the dataloader; ours is on the datamodule (state_dict below), so it does resume.
-warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
+from gptlit.data.shard_sampler import BatchShardSampler
+from gptlit.core.tokenizer import encode
 
 VERDICT_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
@@ -36,7 +30,7 @@ VERDICT_URL = (
 class TokenWindows(Dataset):
     """Input/target windows over one token sequence, sliced on demand rather than copied.
 
-    ``tokens`` is a 1-D tensor or anything sliced like a numpy array (gptlit.corpus.TokenFile reads a
+    ``tokens`` is a 1-D tensor or anything sliced like a numpy array (gptlit.data.textfiles.TokenFile reads a
     memory-mapped uint16 file), so only the window being read is ever in memory.
     """
 

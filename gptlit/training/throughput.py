@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from gptlit.model import GPTConfig
+from gptlit.core.model import GPTConfig
 
 
 def matmul_parameters(cfg: GPTConfig) -> int:

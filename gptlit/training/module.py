@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.errors import UserError, check_int
-from gptlit.model import GPTConfig, GPTModel
-from gptlit.weights import init_model
+from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.weights.io import init_model
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
@@ -47,7 +47,7 @@ class GPTLitModule(L.LightningModule):
         ``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
         already written stay as they are) or "skip" the batch without an optimizer step.
 
-        ``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.init_model)."""
+        ``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.io.init_model)."""
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise UserError(f"module.on_nonfinite must be stop or skip, got {on_nonfinite!r}")

@@ -12,13 +12,13 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from gptlit.generation import DecodingConfig, generate
-from gptlit.module import GPTLitModule
-from gptlit.plot import plot_losses
-from gptlit.precision import precision_dtype
-from gptlit.throughput import measure_matmul_flops, training_flops_per_token
-from gptlit.tokenizer import text_to_token_ids, token_ids_to_text
-from gptlit.weights import save_book_pth, save_safetensors
+from gptlit.core.generation import DecodingConfig, generate
+from gptlit.training.module import GPTLitModule
+from gptlit.training.plot import plot_losses
+from gptlit.training.precision import precision_dtype
+from gptlit.training.throughput import measure_matmul_flops, training_flops_per_token
+from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
+from gptlit.weights.io import save_book_pth, save_safetensors
 
 
 class SampleText(L.Callback):
@@ -125,7 +125,7 @@ class Throughput(L.Callback):
 
     A step is timed from the end of one training batch to the end of the next, so it includes data loading and
     every hook; intervals holding an evaluation or an epoch's end are left out. MFU divides the model FLOPs of
-    those tokens (gptlit.throughput) by ``peak_flops``, by default the matmul rate measured on the training
+    those tokens (gptlit.training.throughput) by ``peak_flops``, by default the matmul rate measured on the training
     device in the precision's dtype when fit starts. Only host clocks are read: no device sync is added.
     """
 

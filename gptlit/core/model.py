@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptlit.errors import UserError, check_int
-from gptlit.kv_cache import KVCache, LayerCache
+from gptlit.core.kv_cache import KVCache, LayerCache
 
 ATTENTION_KINDS = ("sdpa", "reference")
 

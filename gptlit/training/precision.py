@@ -4,7 +4,7 @@ bf16 mixed precision pays only where bf16 matmuls run faster than fp32 ones: CUD
 8.0 and newer (Ampere on), and CPUs with AMX tiles. A CPU with AVX512-BF16 but no AMX (such as a Sapphire
 Rapids VM whose hypervisor hides AMX) runs bf16 matmuls slower than MKL's fp32 ones, so a training step under
 bf16 autocast there is slower, not faster (bench/README.md); such machines, MPS and everything else train in
-fp32. ``conf/trainer/default.yaml`` asks for this choice through the ``gptlit.precision`` resolver; an
+fp32. ``conf/trainer/default.yaml`` asks for this choice through the ``gptlit.training.precision`` resolver; an
 explicit ``trainer.precision=...`` replaces it.
 """
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+
+from gptlit.core.device import resolve_device_type
 
 BF16 = "bf16-mixed"
 FP32 = "32-true"
@@ -39,18 +41,6 @@ def cpu_has_fast_bf16() -> bool:
 
 def cuda_has_fast_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
-
-
-def resolve_device_type(accelerator: str = "auto") -> str:
-    """The device type Lightning picks for ``accelerator`` (its order for auto: cuda, mps, cpu)."""
-    accelerator = str(accelerator).lower()
-    if accelerator in ("auto", "gpu"):
-        if torch.cuda.is_available():
-            return "cuda"
-        if torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    return accelerator
 
 
 def default_precision(accelerator: str = "auto") -> str:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from gptlit.errors import UserError
 from gptlit.files import atomic_write
-from gptlit.tokenizer import (
+from gptlit.core.tokenizer import (
     ENCODER_JSON_SHA256,
     ENDOFTEXT,
     ENDOFTEXT_ID,
@@ -68,7 +68,7 @@ def file_digest(path: Path) -> str:
 
 
 def tokenize_file(job: tuple[Path, str]) -> np.ndarray:
-    """One document's token ids, as gptlit.tokenizer.encode gives them, straight into a compact array."""
+    """One document's token ids, as gptlit.core.tokenizer.encode gives them, straight into a compact array."""
     path, encoding_errors = job
     try:
         text = path.read_text(encoding="utf-8", errors=encoding_errors)
@@ -78,7 +78,7 @@ def tokenize_file(job: tuple[Path, str]) -> np.ndarray:
             "data.encoding_errors=replace to replace the bad bytes"
         ) from None
     # encode_to_numpy skips the Python list of ints that encode builds (about 36 bytes per token); the
-    # allowed special token is the one gptlit.tokenizer.encode allows.
+    # allowed special token is the one gptlit.core.tokenizer.encode allows.
     return get_tokenizer().encode_to_numpy(text, allowed_special={ENDOFTEXT}).astype(TOKEN_DTYPE)
 
 

@@ -3,7 +3,7 @@
 Sources: a Lightning ``.ckpt`` written by training (config and weights), a ``.pth``/``.pt`` state dict (the
 book's ``torch.save(model.state_dict(), ...)``, which carries no config), a ``.safetensors`` file (exported
 ones carry their config in the metadata), a GPT-2 name (``gpt2`` ... ``gpt2-xl``) or a Hugging Face GPT-2
-folder (see gptlit.pretrained).
+folder (see gptlit.weights.gpt2).
 """
 
 from __future__ import annotations
@@ -19,15 +19,23 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from gptlit import pretrained
+from gptlit.weights import gpt2
 from gptlit.errors import UserError
 from gptlit.files import atomic_write
-from gptlit.model import GPTConfig, GPTModel
+from gptlit.core.model import GPTConfig, GPTModel
 
 log = logging.getLogger(__name__)
 
-# The model configs of conf/model, to name the one that fits a file; absent when gptlit runs outside the repo.
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+# The sizes of conf/model/*.yaml, to name the `model=` a file fits; kept here so an installed gptlit, which has
+# no conf/, names them too (tests/test_configs.py holds the two in step).
+MODEL_SIZES = {
+    "gpt124m": {"emb_dim": 768, "n_heads": 12, "n_layers": 12},
+    "gpt355m": {"emb_dim": 1024, "n_heads": 16, "n_layers": 24},
+    "gpt774m": {"emb_dim": 1280, "n_heads": 20, "n_layers": 36},
+    "gpt1558m": {"emb_dim": 1600, "n_heads": 25, "n_layers": 48},
+    "tiny": {"emb_dim": 32, "n_heads": 2, "n_layers": 2},
+}
+GPT2_VOCAB_SIZE = 50257
 CONFIG_METADATA_KEY = "gptlit.config"
 WEIGHT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
 
@@ -91,7 +99,7 @@ def read_weights(source: str | Path) -> Weights:
     source_str = str(source)
     path = Path(source)
     if not path.is_file() and (path.is_dir() or path.suffix not in WEIGHT_SUFFIXES):
-        config, state = pretrained.read_gpt2(pretrained.locate(source))
+        config, state = gpt2.read_gpt2(gpt2.locate(source))
         # One tensor for both, so the model built from them ties its head to the embedding.
         if state["out_head.weight"] is state["tok_emb.weight"] or torch.equal(state["out_head.weight"], state["tok_emb.weight"]):
             state["out_head.weight"] = state["tok_emb.weight"]
@@ -99,7 +107,7 @@ def read_weights(source: str | Path) -> Weights:
     if not path.is_file():
         raise UserError(
             f"{source_str} does not exist; pass a {'/'.join(WEIGHT_SUFFIXES)} file, a GPT-2 name "
-            f"({', '.join(pretrained.GPT2_REPOS)}) or a folder with config.json and model.safetensors"
+            f"({', '.join(gpt2.GPT2_REPOS)}) or a folder with config.json and model.safetensors"
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
@@ -136,13 +144,10 @@ def fitting_model(state: Mapping[str, torch.Tensor]) -> str:
     found = shapes_config(state)
     if not found:
         return "no GPTModel config (it lacks tok_emb.weight or pos_emb.weight)"
-    from omegaconf import OmegaConf
-
-    for path in sorted(MODEL_CONFIG_DIR.glob("*.yaml")):
-        candidate = OmegaConf.load(path)
-        if all(candidate.get(k) == found[k] for k in ("vocab_size", "emb_dim", "n_layers")):
-            extra = "" if candidate.get("qkv_bias") == found["qkv_bias"] else f" model.qkv_bias={str(found['qkv_bias']).lower()}"
-            return f"model={path.stem} data.context_length={found['context_length']}{extra}"
+    for name, sizes in sorted(MODEL_SIZES.items()):
+        if found["vocab_size"] == GPT2_VOCAB_SIZE and all(sizes[k] == found[k] for k in ("emb_dim", "n_layers")):
+            extra = " model.qkv_bias=true" if found["qkv_bias"] else ""
+            return f"model={name} data.context_length={found['context_length']}{extra}"
     sizes = " ".join(f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in found.items() if k != "context_length")
     return f"{sizes} data.context_length={found['context_length']} (no conf/model config has these sizes)"
 
@@ -195,7 +200,7 @@ def model_from_checkpoint(path: str | Path) -> GPTModel:
 
 
 def init_model(config: GPTConfig, source: str | Path) -> GPTModel:
-    """A model of ``config`` for training, starting from the weights of ``source`` (model.init_from).
+    """A model of ``config`` for training, starting from the weights of ``source`` (init_from=).
 
     The architecture is the config's; two settings follow the weights: a position table longer than
     ``context_length`` is cropped to its first rows (OpenAI's 1024 positions trained at 256), and

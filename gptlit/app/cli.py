@@ -44,10 +44,18 @@ def remove_if_only_hydra(run_dir: Path) -> None:
             run_dir.parent.rmdir()  # the date folder, when this run was its only one
 
 
+# Keys that moved, and where to: the old spelling gets one line naming the new one.
+MOVED_KEYS = {"model.init_from": "init_from"}
+
+
 def check_group_choices(config_dir: Path, argv: list[str]) -> None:
     """Refuse `group=option` overrides naming no file in conf/<group>/ with one line, before Hydra prints
     its several-line report."""
     for arg in argv:
+        key = arg.lstrip("+~").partition("=")[0]
+        if key in MOVED_KEYS:
+            fail(f"{key} is now {MOVED_KEYS[key]}: a starting point is a training setting, not part of the model; "
+                 f"write {arg.lstrip('+~').replace(key, MOVED_KEYS[key], 1)}")
         match = re.fullmatch(r"\+{0,2}([a-z_]+)=(.*)", arg)
         if not match or "(" in match.group(2):
             continue  # not a group choice, or a sweep function such as range(...)

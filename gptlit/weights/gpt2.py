@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from gptlit.errors import UserError
-from gptlit.model import GPTConfig
+from gptlit.core.model import GPTConfig
 
 GPT2_REPOS = {
     "gpt2": "openai-community/gpt2",  # 124M

@@ -1,0 +1,1 @@
+"""What the entry points share: the builder that wires a run from its config, and the command-line glue."""

@@ -1,0 +1,1 @@
+"""The framework-free core: the model, its KV cache, the tokenizer and decoding. Imports neither Lightning nor Hydra."""

@@ -1,0 +1,38 @@
+"""Which device to run on, and where a model lives: one answer for every entry point."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gptlit.errors import UserError
+
+DEVICE_TYPES = ("auto", "gpu", "cpu", "cuda", "mps")
+
+
+def resolve_device_type(accelerator: str = "auto") -> str:
+    """The device type Lightning picks for ``accelerator`` (its order for auto: cuda, mps, cpu)."""
+    accelerator = str(accelerator).lower()
+    if accelerator in ("auto", "gpu"):
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return accelerator
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; a named device that this machine lacks is a UserError."""
+    kind = resolve_device_type(name.split(":")[0])
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} was asked for but this machine has no CUDA GPU; use device=auto or device=cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device={name} was asked for but MPS is not available here; use device=auto or device=cpu")
+    if kind not in DEVICE_TYPES:
+        raise UserError(f"device={name} is not a device; use one of {', '.join(DEVICE_TYPES)} (or cuda:N)")
+    return torch.device(name if ":" in name else kind)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
