@@ -5,14 +5,17 @@ import pickle
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 
+from gptlit.app.build import build
 from gptlit.app.cli import check_group_choices, exit_on_user_error
 from gptlit.errors import UserError
 from gptlit.files import atomic_write
 from gptlit.training.checkpoint_io import SafeCheckpointIO
-from gptlit.training.module import GPTLitModule, NonFiniteLossError
+from gptlit.training.module import GPTLitModule
+from gptlit.training.nonfinite import NonFiniteLossError
 from gptlit.weights.io import read_checkpoint
 
 from .conftest import ROOT
@@ -137,26 +140,84 @@ def test_other_errors_keep_their_traceback():
             1 / 0
 
 
-class FakeTrainer:
-    world_size = 1
-    is_global_zero = True
+class NonFiniteAt(L.Callback):
+    """Make the logits non-finite while one optimizer step runs; note the weights before and after it."""
+
+    def __init__(self, step, value):
+        self.step, self.value = step, value
+        self.before = self.after = self._handle = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step:
+            self.before = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+            self._handle = pl_module.model.register_forward_hook(lambda module, args, out: out * self.value)
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+            self.after = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+
+
+def fit_with_nonfinite_step(train_cfg, poison, *overrides):
+    datamodule, module, trainer = build(train_cfg("trainer.max_steps=3", "trainer.limit_val_batches=0",
+                                                  "callbacks.export_weights=null", *overrides))
+    trainer.callbacks.append(poison)
+    trainer.fit(module, datamodule=datamodule)
+    return module, trainer
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_loss_stops_or_skips(tiny_cfg, value, monkeypatch):
-    module = GPTLitModule(tiny_cfg)
+def test_non_finite_loss_stops_before_updating_the_weights(train_cfg, value):
+    poison = NonFiniteAt(2, value)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf) at step 2 \(epoch 1, batch 2\)"):
+        fit_with_nonfinite_step(train_cfg, poison)
+    assert all(torch.equal(poison.before[k], poison.after[k]) for k in poison.before)
+
+
+@pytest.mark.parametrize("fused", ["true", "null"])  # the device-side skip of fused AdamW, and the host-side one
+def test_non_finite_loss_skips_the_update(train_cfg, capsys, fused):
+    poison = NonFiniteAt(2, float("nan"))
+    module, trainer = fit_with_nonfinite_step(train_cfg, poison, "module.on_nonfinite=skip", f"optimizer.fused={fused}")
+    assert trainer.global_step == 3
+    assert all(torch.equal(poison.before[k], poison.after[k]) for k in poison.before)
+    optimizer_steps = {int(state["step"]) for state in trainer.optimizers[0].state.values()}
+    assert optimizer_steps == {2}  # AdamW's own step count left the skipped step out too
+    assert module.tokens_seen == 2 * 2 * 32
+    out = capsys.readouterr().out
+    assert out.count("batch skipped") == 1 and "warning: training loss is nan at step 2 (epoch 1, batch 2)" in out
+
+
+class FakeTrainer:
+    world_size = 1
+    global_step = 0
+    current_epoch = 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_training_step_never_makes_the_host_wait_for_the_gpu(tiny_cfg, monkeypatch, policy):
+    # While torch's sync debug mode is "error", anything that makes the host wait for the GPU (bool(), .item(),
+    # a blocking copy back) raises.
+    module = GPTLitModule(tiny_cfg, on_nonfinite=policy).cuda()
     monkeypatch.setattr(GPTLitModule, "trainer", FakeTrainer(), raising=False)
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    printed = []
-    monkeypatch.setattr(module, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
-    with torch.no_grad():
-        module.model.out_head.weight.fill_(value)
-    batch = (torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
-    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf) at step 1 \(epoch 1, batch 1\)"):
-        module.training_step(batch, 0)
-    module.on_nonfinite = "skip"
-    assert module.training_step(batch, 0) is None
-    assert printed and "batch skipped" in printed[0]
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    optimizer = torch.optim.AdamW(module.parameters(), fused=True)
+    batch = (torch.zeros(2, 8, dtype=torch.long, device="cuda"), torch.ones(2, 8, dtype=torch.long, device="cuda"))
+
+    def step():
+        module.training_step(batch, 0).backward()
+        module.on_before_optimizer_step(optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # the first step creates AdamW's state, copying its step counters to the GPU
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_bad_nonfinite_policy(tiny_cfg):
