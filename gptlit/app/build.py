@@ -37,8 +37,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         # machine: the others wait for it in Lightning's own prepare_data/setup order.
         datamodule.prepare_data()
         datamodule.setup("fit")
-    # A missing, corrupt or unsafe checkpoint is reported before anything is built or written.
-    resume_from = read_weights(cfg.ckpt_path) if cfg.ckpt_path else None
+    # A missing, corrupt or unsafe checkpoint is reported before anything is built or written. Mapped, not read:
+    # only its names and shapes are checked here, and Lightning reads it whole once, optimizer state included.
+    resume_from = read_weights(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
     module = GPTLitModule(
         instantiate(cfg.model), optimizer=instantiate(cfg.optimizer), init_from=cfg.init_from, **cfg.module
     )

@@ -25,6 +25,8 @@ from gptlit.core.tokenizer import encode
 VERDICT_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
 )
+# The one path that is ever downloaded to: The Verdict's default place. Any other missing path is a mistake.
+DEFAULT_PATH = "data/the-verdict.txt"
 
 
 class TokenWindows(Dataset):
@@ -101,7 +103,7 @@ def download(url: str, path: Path) -> None:
 class TextDataModule(L.LightningDataModule):
     def __init__(
         self,
-        path: str = "data/the-verdict.txt",
+        path: str = DEFAULT_PATH,
         context_length: int = 256,
         stride: int | None = None,
         batch_size: int = 2,
@@ -133,7 +135,9 @@ class TextDataModule(L.LightningDataModule):
         self.train_sampler: ResumableRandomSampler | None = None
 
     def prepare_data(self) -> None:
-        if not self.path.exists() and self.url:
+        # A mistyped data.path must not become a fresh copy of The Verdict that the run then trains on: only the
+        # default corpus at its default path is fetched; read_text reports any other missing path.
+        if self.url and not self.path.exists() and self.path.resolve() == Path(DEFAULT_PATH).resolve():
             download(self.url, self.path)
 
     def read_text(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -37,6 +38,8 @@ MODEL_SIZES = {
 }
 GPT2_VOCAB_SIZE = 50257
 CONFIG_METADATA_KEY = "gptlit.config"
+# "true" when the output head is the token embedding: the file stores the tensor once, loading ties them again.
+TIED_METADATA_KEY = "gptlit.tied_head"
 WEIGHT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
 
 
@@ -57,13 +60,16 @@ class Weights:
         return self.state["pos_emb.weight"].shape[0]
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint or torch state dict, loaded with weights_only=True onto the CPU."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint or torch state dict, loaded with weights_only=True onto the CPU.
+
+    ``mmap`` maps the tensors' bytes instead of reading them: their names and shapes cost nothing, and only the
+    bytes used are ever read (files of torch's zip format, the default since torch 1.6)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist or is not a file; pass the path of a {'/'.join(WEIGHT_SUFFIXES)} file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         raise UserError(
             f"checkpoint {path} holds more than tensors and plain data, so it was not loaded "
@@ -91,11 +97,14 @@ def _read_safetensors(path: Path) -> Weights:
     except (SafetensorError, OSError) as err:
         raise UserError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
     config = GPTConfig.from_any(json.loads(metadata[CONFIG_METADATA_KEY])) if CONFIG_METADATA_KEY in metadata else None
+    if metadata.get(TIED_METADATA_KEY) == "true" and "tok_emb.weight" in state:
+        state["out_head.weight"] = state["tok_emb.weight"]  # one tensor, so load_weights ties the head again
     return Weights(_clean(state, str(path)), config, str(path))
 
 
-def read_weights(source: str | Path) -> Weights:
-    """The weights of ``source`` (a file, a GPT-2 name or folder) in GPTModel's names, with its config if known."""
+def read_weights(source: str | Path, mmap: bool = False) -> Weights:
+    """The weights of ``source`` (a file, a GPT-2 name or folder) in GPTModel's names, with its config if known.
+    ``mmap``: see read_checkpoint (for checking a checkpoint's shapes without reading its tensors)."""
     source_str = str(source)
     path = Path(source)
     if not path.is_file() and (path.is_dir() or path.suffix not in WEIGHT_SUFFIXES):
@@ -111,7 +120,7 @@ def read_weights(source: str | Path) -> Weights:
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, mmap=mmap)
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt:  # a Lightning checkpoint, whatever its suffix
         try:
             config = GPTConfig.from_any(ckpt["hyper_parameters"]["model"])
@@ -242,15 +251,14 @@ def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(model: GPTModel, path: str | Path) -> Path:
-    """``model.safetensors`` with the config in its metadata, so it loads without naming a model."""
+    """``model.safetensors`` with the config in its metadata, so it loads without naming a model. A head tied to
+    the token embedding is stored once and tied again on loading (safetensors refuses tensors that share memory)."""
     path = Path(path)
-    # safetensors refuses tensors that share memory (a tied head): each gets its own copy.
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        state[k] = v.clone() if v.data_ptr() in seen else v.contiguous()
-        seen.add(v.data_ptr())
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.cfg.to_dict())}
+    if model.out_head.weight.data_ptr() == model.tok_emb.weight.data_ptr():
+        del state["out_head.weight"]
+        metadata[TIED_METADATA_KEY] = "true"
     with atomic_write(path) as f:
         f.write(save(state, metadata=metadata))
     return path
