@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from pathlib import Path
 from time import perf_counter
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from tqdm import tqdm
 
 from gptlit.core.generation import DecodingConfig, generate
 from gptlit.training.module import GPTLitModule
@@ -112,12 +114,54 @@ class LossPlot(L.Callback):
 
 
 class ProgressBar(TQDMProgressBar):
-    """Lightning's bar without the evaluation bars, so the book's evaluation lines read as a table."""
+    """One bar for the whole run, in optimizer steps, without the evaluation bars (so the book's evaluation lines
+    read as a table).
+
+    Its total is the run's last step (max_steps, the epochs, or the token budget), so the time estimate covers
+    the whole run; its description counts epochs from 1, as the evaluation lines do; a run resumed mid-epoch
+    starts at the step it resumed from and estimates from the steps of this session only. With a token budget
+    (trainer.max_tokens) it shows the tokens done against the budget.
+    """
 
     def init_validation_tqdm(self):
         bar = super().init_validation_tqdm()
         bar.disable = True
         return bar
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        self.train_progress_bar = bar = self.init_train_tqdm()
+        total = trainer.estimated_stepping_batches
+        bar.total = int(total) if math.isfinite(total) else None
+        bar.unit = "step"
+        # tqdm's rate counts from `initial`: a resumed run's estimate rests on its own steps only.
+        bar.initial = bar.n = trainer.global_step
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_) -> None:
+        epochs = trainer.max_epochs
+        of = f"/{epochs}" if epochs is not None and epochs > 0 and not getattr(trainer, "max_tokens", None) else ""
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{of}", refresh=False)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: GPTLitModule, outputs, batch, batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        step = trainer.global_step
+        # Accumulating batches leave the step where it was: nothing to redraw.
+        if bar.disable or step == bar.n or (step % self.refresh_rate and step != bar.total):
+            return
+        bar.n = step
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        bar.refresh()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        budget = getattr(trainer, "max_tokens", None)
+        if budget:
+            done = getattr(pl_module, "tokens_seen", trainer.global_step * trainer.tokens_per_step)
+            metrics = {"tokens": f"{tqdm.format_sizeof(done)}/{tqdm.format_sizeof(budget)}", **metrics}
+        return metrics
 
 
 class Throughput(L.Callback):
