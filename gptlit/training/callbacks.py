@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from pathlib import Path
 from time import perf_counter
@@ -10,6 +11,7 @@ from time import perf_counter
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
@@ -129,17 +131,31 @@ class ProgressBar(TQDMProgressBar):
         return bar
 
     def on_train_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
-        self.train_progress_bar = bar = self.init_train_tqdm()
         total = trainer.estimated_stepping_batches
-        bar.total = int(total) if math.isfinite(total) else None
-        bar.unit = "step"
         # tqdm's rate counts from `initial`: a resumed run's estimate rests on its own steps only.
-        bar.initial = bar.n = trainer.global_step
+        self.train_progress_bar = Tqdm(
+            desc=self.describe(trainer),
+            total=int(total) if math.isfinite(total) else None,
+            initial=trainer.global_step,
+            unit="step",
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
+    @staticmethod
+    def describe(trainer: L.Trainer) -> str:
+        epochs = trainer.max_epochs
+        budget = getattr(trainer, "max_tokens", None)
+        of = f"/{epochs}" if epochs is not None and epochs > 0 and not budget else ""
+        return f"Epoch {trainer.current_epoch + 1}{of}"
 
     def on_train_epoch_start(self, trainer: L.Trainer, *_) -> None:
-        epochs = trainer.max_epochs
-        of = f"/{epochs}" if epochs is not None and epochs > 0 and not getattr(trainer, "max_tokens", None) else ""
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{of}", refresh=False)
+        self.train_progress_bar.set_description(self.describe(trainer), refresh=False)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: GPTLitModule, outputs, batch, batch_idx: int) -> None:
         bar = self.train_progress_bar
@@ -160,8 +176,13 @@ class ProgressBar(TQDMProgressBar):
         budget = getattr(trainer, "max_tokens", None)
         if budget:
             done = getattr(pl_module, "tokens_seen", trainer.global_step * trainer.tokens_per_step)
-            metrics = {"tokens": f"{tqdm.format_sizeof(done)}/{tqdm.format_sizeof(budget)}", **metrics}
+            metrics = {"tokens": f"{count(done)}/{count(budget)}", **metrics}
         return metrics
+
+
+def count(n: int) -> str:
+    """1234567 as 1.23M, 500 as 500."""
+    return str(int(n)) if n < 1000 else tqdm.format_sizeof(n)
 
 
 class Throughput(L.Callback):
