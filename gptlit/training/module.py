@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.distributed.fsdp import FullyShardedDataParallel
 
-from gptlit.errors import UserError, check_int
+from gptlit.errors import UserError
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.weights.io import init_model
 
@@ -40,33 +40,24 @@ class GPTLitModule(L.LightningModule):
         model: GPTConfig | Mapping[str, Any],
         optimizer: OptimizerFactory | None = None,
         init_from: str | None = None,
-        eval_freq: int | None = None,
-        eval_iter: int = 5,
         on_nonfinite: str = "stop",
         scheduler: SchedulerFactory | None = None,
         clip_after_warmup: bool = False,
     ):
-        """``eval_freq=k`` evaluates on the book's schedule instead of through Lightning's validation loop:
-        after optimizer steps 1, 1+k, 1+2k, ... on ``eval_iter`` batches of each split, printed with the book's
-        0-based step numbers (Lightning counts batches from the k-th, so it cannot start at step 1).
-
-        ``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
+        """``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
         already written stay as they are) or "skip" the batch without an optimizer step.
 
         ``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.io.init_model).
 
         ``scheduler`` sets the learning rate of every optimizer step; None keeps the optimizer's (the book's
         chapter 5). ``trainer.gradient_clip_val`` clips the global gradient norm; ``clip_after_warmup`` clips only
-        from the scheduler's first step after warmup on, as the book's appendix D does."""
+        from the scheduler's first step after warmup on, as the book's appendix D does.
+
+        The book's evaluation schedule is a callback, gptlit.book.BookSchedule."""
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise UserError(f"module.on_nonfinite must be stop or skip, got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
-        if eval_freq is not None:
-            check_int("module.eval_freq", eval_freq)
-        check_int("module.eval_iter", eval_iter)
-        self.eval_freq = eval_freq
-        self.eval_iter = eval_iter
         config = GPTConfig.from_any(model)
         self.model = init_model(config, init_from) if init_from else GPTModel(config)
         # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config
@@ -75,7 +66,6 @@ class GPTLitModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.clip_after_warmup = clip_after_warmup
-        self._step_at_batch_start = 0
         self.tokens_seen = 0
         # The book's (train_losses, val_losses, track_tokens_seen) with the step and epoch of each evaluation.
         self.history: list[dict[str, float]] = []
@@ -155,6 +145,11 @@ class GPTLitModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        train_loss, val_loss = self.record_evaluation()
+        self.print(evaluation_line(self.current_epoch + 1, "Step", self.global_step, train_loss, val_loss))
+
+    def record_evaluation(self) -> tuple[float, float]:
+        """Reduce the sums of the validation steps over every rank, log them and add them to the history."""
         sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum")
         train_loss, val_loss = (sums[:, 0] / sums[:, 1]).tolist()
         metrics = {
@@ -165,39 +160,17 @@ class GPTLitModule(L.LightningModule):
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
         self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
-        epoch, step = self.current_epoch + 1, self.global_step
-        printed_step = step - 1 if self.eval_freq else step  # the book counts optimizer steps from 0
+        steps_per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         self.history.append(
             {
-                "step": step,
-                "epoch": step / max(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches, 1),
+                "step": self.global_step,
+                "epoch": self.global_step / max(steps_per_epoch, 1),
                 "tokens_seen": self.tokens_seen,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
             }
         )
-        self.print(f"Ep {epoch} (Step {printed_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._step_at_batch_start = self.global_step
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # Only after a batch that completed an optimizer step: with gradient accumulation most batches do not.
-        stepped = self.global_step != self._step_at_batch_start
-        if self.eval_freq and stepped and (self.global_step - 1) % self.eval_freq == 0:
-            self.evaluate_like_the_book()
-
-    @torch.no_grad()
-    def evaluate_like_the_book(self) -> None:
-        """The book's evaluate_model through this module's validation hooks, drawing from the random
-        generator exactly as the book does (one fresh iterator per loader, train first)."""
-        self.model.eval()
-        self.on_validation_epoch_start()
-        for dataloader_idx, loader in enumerate(self.trainer.datamodule.val_dataloader()):
-            for batch_idx, (inputs, targets) in zip(range(self.eval_iter), loader):
-                self.validation_step((inputs.to(self.device), targets.to(self.device)), batch_idx, dataloader_idx)
-        self.on_validation_epoch_end()
-        self.model.train()
+        return train_loss, val_loss
 
     def on_fit_start(self) -> None:
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
@@ -237,6 +210,11 @@ def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch
     if max_norm is None:
         return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
     return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm=max_norm)
+
+
+def evaluation_line(epoch: int, label: str, step: int, train_loss: float, val_loss: float) -> str:
+    """The line the book prints for an evaluation, e.g. ``Ep 1 (Step 000005): Train loss 9.781, Val loss 9.933``."""
+    return f"Ep {epoch} ({label} {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
 
 
 class NonFiniteLossError(UserError):
