@@ -27,7 +27,9 @@ def test_defaults_are_the_books_chapter_5_run():
     assert isinstance(dm, TextDataModule)
     assert (dm.context_length, dm.stride, dm.batch_size, dm.train_ratio) == (256, 256, 2, 0.9)
     optimizer = instantiate(cfg.optimizer)
-    assert optimizer.keywords == {"lr": 0.0004, "weight_decay": 0.1, "fused": True}
+    assert optimizer.keywords == {"lr": 0.0004, "weight_decay": 0.1, "fused": True, "decay": "all"}
+    assert not cfg.scheduler and cfg.trainer.gradient_clip_val is None
+    assert cfg.trainer.tokens_per_step is None and cfg.trainer.max_tokens is None
     assert cfg.trainer.max_epochs == 10 and cfg.trainer.val_check_interval == 5
     assert cfg.trainer.limit_val_batches == 5 and cfg.seed == 123
     assert instantiate(cfg.decoding) == DecodingConfig()

@@ -49,7 +49,7 @@ def test_evaluation_is_the_books_evaluate_model(verdict_path, tiny_cfg, capsys):
 def test_training_lowers_the_loss_and_counts_tokens(verdict_path, tiny_cfg):
     dm = TextDataModule(path=str(verdict_path), context_length=32, batch_size=4, url=None)
     module = GPTLitModule({**tiny_cfg, "context_length": 32, "drop_rate": 0.0},
-                          optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+                          optimizer=lambda model: torch.optim.AdamW(model.parameters(), lr=3e-3))
     trainer = quiet_trainer(max_steps=30, val_check_interval=10, check_val_every_n_epoch=None,
                             limit_val_batches=2, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)

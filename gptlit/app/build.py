@@ -41,7 +41,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     # only its names and shapes are checked here, and Lightning reads it whole once, optimizer state included.
     resume_from = read_weights(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
     module = GPTLitModule(
-        instantiate(cfg.model), optimizer=instantiate(cfg.optimizer), init_from=cfg.init_from, **cfg.module
+        instantiate(cfg.model),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        init_from=cfg.init_from,
+        **cfg.module,
     )
     if resume_from is not None:
         check_fits(module.model, resume_from)  # a checkpoint of another size names the model= that fits it

@@ -65,13 +65,15 @@ class ResumableRandomSampler(Sampler[int]):
     as the book's DataLoader(shuffle=True) does; that seed and the position are all a checkpoint needs.
     """
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, limit: int | None = None):
+        """``limit``: only the first ``limit`` indices of each epoch's order (the epoch's whole steps)."""
         self.n = n
+        self.limit = n if limit is None else limit
         self.seed: int | None = None
         self._resume: tuple[int, int] | None = None
 
     def __len__(self) -> int:
-        return self.n
+        return self.limit
 
     def resume(self, seed: int, start: int) -> None:
         """Make the next epoch the one shuffled with ``seed``, continuing at position ``start``."""
@@ -85,7 +87,7 @@ class ResumableRandomSampler(Sampler[int]):
         self.seed = seed
         generator = torch.Generator()
         generator.manual_seed(seed)
-        yield from torch.randperm(self.n, generator=generator).tolist()[start:]
+        yield from torch.randperm(self.n, generator=generator).tolist()[start : self.limit]
 
 
 def download(url: str, path: Path) -> None:
@@ -186,6 +188,14 @@ class TextDataModule(L.LightningDataModule):
     def _distributed(self) -> bool:
         return self.trainer is not None and self.trainer.world_size > 1
 
+    def _whole_steps(self, windows: int) -> int:
+        """The windows of one rank's epoch that fill whole optimizer steps. With gradient accumulation over k
+        batches, Lightning would step once more on the epoch's last batches, fewer than k, with their gradient
+        still divided by k; dropping them keeps every step the same size, as drop_last does for batches."""
+        accumulate = self.trainer.accumulate_grad_batches if self.trainer is not None else 1
+        per_step = self.batch_size * accumulate
+        return windows // per_step * per_step
+
     def _loader(
         self,
         dataset: Dataset,
@@ -206,8 +216,11 @@ class TextDataModule(L.LightningDataModule):
                     dataset, self.batch_size, **ranks, shuffle=shuffle, seed=seed, drop_last=drop_last
                 )
             else:
-                # drop_last trims the tail so that every rank gets as many windows, none repeated.
+                # drop_last trims the tail so that every rank gets as many windows, none repeated; each rank's
+                # share is then cut to whole steps, dropping the last windows of the common order.
                 sampler = DistributedSampler(dataset, **ranks, shuffle=shuffle, seed=seed, drop_last=drop_last)
+                sampler.num_samples = self._whole_steps(sampler.num_samples)
+                sampler.total_size = sampler.num_samples * sampler.num_replicas
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -219,11 +232,15 @@ class TextDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.shuffle and not self._distributed():
+        if self._distributed():
+            return self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
+        limit = self._whole_steps(len(self.train_set))
+        if self.shuffle:
             if self.train_sampler is None:
-                self.train_sampler = ResumableRandomSampler(len(self.train_set))
+                self.train_sampler = ResumableRandomSampler(len(self.train_set), limit)
+            self.train_sampler.limit = limit
             return self._loader(self.train_set, shuffle=True, drop_last=True, sampler=self.train_sampler)
-        return self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
+        return self._loader(self.train_set, shuffle=False, drop_last=True, sampler=range(limit))
 
     def state_dict(self) -> dict[str, Any]:
         """Where the training epoch stands, so a run interrupted mid-epoch resumes in the same order."""
@@ -239,7 +256,7 @@ class TextDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_order_seed" in state_dict:
             self.setup("fit")
-            self.train_sampler = ResumableRandomSampler(len(self.train_set))
+            self.train_sampler = ResumableRandomSampler(len(self.train_set), self._whole_steps(len(self.train_set)))
             self.train_sampler.resume(state_dict["train_order_seed"], state_dict["train_samples_done"])
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.training.nonfinite import NonFiniteGuard
 from gptlit.weights.io import init_model
 
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+# Called with the model (gptlit.training.optimizer.AdamW takes it, to choose the parameters that decay).
+OptimizerFactory = Callable[[torch.nn.Module], torch.optim.Optimizer]
+# Called with the optimizer and the run's number of optimizer steps (gptlit.training.schedule.WarmupCosine).
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -37,11 +41,18 @@ class GPTLitModule(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         init_from: str | None = None,
         on_nonfinite: str = "stop",
+        scheduler: SchedulerFactory | None = None,
+        clip_after_warmup: bool = False,
     ):
         """``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
         already written stay as they are) or "skip" the batch without an optimizer step.
 
         ``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.io.init_model).
+
+        ``scheduler`` sets the learning rate of every optimizer step; None keeps the optimizer's (the book's
+        chapter 5). ``trainer.gradient_clip_val`` clips the global gradient norm; ``clip_after_warmup`` clips only
+        from the scheduler's first step after warmup on, as the book's appendix D does.
+
         The book's evaluation schedule is a callback, gptlit.book.BookSchedule."""
         super().__init__()
         self.nonfinite = NonFiniteGuard(on_nonfinite)
@@ -51,6 +62,8 @@ class GPTLitModule(L.LightningModule):
         # (the model's: init_from may have set qkv_bias).
         self.save_hyperparameters({"model": self.model.cfg.to_dict()})
         self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.clip_after_warmup = clip_after_warmup
         self.tokens_seen = 0
         # The book's (train_losses, val_losses, track_tokens_seen) with the step and epoch of each evaluation.
         self.history: list[dict[str, float]] = []
@@ -64,10 +77,44 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         if self.optimizer_factory is None:
-            return torch.optim.AdamW(self.parameters(), lr=4e-4, weight_decay=0.1)
-        return self.optimizer_factory(self.parameters())
+            optimizer = torch.optim.AdamW(self.parameters(), lr=4e-4, weight_decay=0.1)
+        else:
+            optimizer = self.optimizer_factory(self.model)
+        if self.scheduler_factory is None:
+            return optimizer
+        # The whole run in optimizer steps: max_steps, or the epochs' batches over the accumulation.
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise UserError(
+                "a learning-rate schedule needs the length of the run: set trainer.max_steps, trainer.max_epochs "
+                "or trainer.max_tokens"
+            )
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # The rate this step uses, whether a scheduler set it or not.
+        rate = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float64)  # float64: the rate exactly
+        self.log("train/lr", rate, on_step=True, on_epoch=False, batch_size=1)
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip by the global norm of all gradients (after DDP averaged them and mixed precision unscaled them),
+        and log that norm, before clipping, as train/grad_norm at every optimizer step."""
+        if gradient_clip_val is not None and gradient_clip_algorithm == "value":
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            gradient_clip_val = None
+        if gradient_clip_val is not None and self.clip_after_warmup:
+            scheduler = self.lr_schedulers()
+            if scheduler is None:
+                raise UserError("module.clip_after_warmup needs a scheduler with a warmup: set scheduler=cosine")
+            if self.global_step < scheduler.warmup_steps:
+                gradient_clip_val = None
+        norm = global_grad_norm(self, gradient_clip_val)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
@@ -125,10 +172,11 @@ class GPTLitModule(L.LightningModule):
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
         self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
+        steps_per_epoch = self.trainer.num_training_batches / self.trainer.accumulate_grad_batches
         self.history.append(
             {
                 "step": self.global_step,
-                "epoch": self.global_step / max(self.trainer.num_training_batches, 1),
+                "epoch": self.global_step / max(steps_per_epoch, 1),
                 "tokens_seen": self.tokens_seen,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
@@ -163,6 +211,18 @@ class GPTLitModule(L.LightningModule):
         if self._rng_states is not None and self.trainer.fit_loop.restarted_mid_epoch:
             set_rng_states(self._rng_states)
         self._rng_states = None
+
+
+def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch.Tensor:
+    """The norm of all gradients together, clipping them to ``max_norm`` first when it is set, with
+    torch.nn.utils.clip_grad_norm_ as the book's appendix D calls it. Under FSDP each rank holds a shard of
+    the gradients: the FSDP root computes the norm across ranks."""
+    root = module.trainer.strategy.model
+    if isinstance(root, FullyShardedDataParallel):
+        return root.clip_grad_norm_(math.inf if max_norm is None else max_norm)
+    if max_norm is None:
+        return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
+    return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm=max_norm)
 
 
 def evaluation_line(epoch: int, label: str, step: int, train_loss: float, val_loss: float) -> str:
