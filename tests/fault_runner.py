@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     faults, script, args = sys.argv[1], sys.argv[2], sys.argv[3:]
-    # As `python script.py` would: the script's folder first on the path, so this checkout's gptlit is imported.
-    sys.path[0] = str((ROOT / script).parent)
+    # As `python script.py` would: the script's folder first on the path; then this checkout, so that its gptlit
+    # is the one imported wherever the script lies.
+    sys.path[0:1] = list(dict.fromkeys([str((ROOT / script).parent), str(ROOT)]))
     from tests.faults import WriteFaults
 
     writes = WriteFaults()

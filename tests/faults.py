@@ -1,9 +1,9 @@
 """Fault injection for the tests: writes that fail or die on demand, a disk that fills up, files damaged on disk.
 
 Every file gptlit writes goes through ``gptlit.files.atomic_write``; ``WriteFaults`` reaches in there (it stands
-in for the ``os`` and ``tempfile`` that module sees, nothing else) and, for the file named, makes the K-th write
-fail with ENOSPC half-way, or kill the process half-way or right after the file is in place. ``run_script`` runs
-``train.py``/``generate.py`` as a user does, through ``fault_runner.py``, which installs such faults in the
+in for the ``os`` and ``tempfile`` that module sees, nothing else) and, for the file named, makes its K-th write
+run out of space half-way, or kill the process half-way or right after the file is in place. ``run_script`` runs
+``train.py``/``generate.py`` (or any script) as a user does, through ``fault_runner.py``, which installs such faults in the
 child before the script starts, or kills it (SIGKILL, no cleanup) right after a named optimizer step.
 ``small_disk`` mounts a real tmpfs of a few MB where the machine allows it (root), so that a whole run meets
 ENOSPC from the kernel in whichever write comes first. ``damage`` spoils a file on disk the ways disks and
@@ -35,21 +35,20 @@ ACTIONS = ("enospc", "kill-during", "kill-after")
 
 
 class _FaultyFile:
-    """The temporary file atomic_write writes, failing or dying at the second write call (so the file holds a
-    part of what was meant), or dying once the file is complete."""
+    """The temporary file atomic_write writes: its first write puts half of its bytes on disk, then runs out of
+    space or kills the process."""
 
     def __init__(self, f, action: str):
-        self._f, self._action, self._writes = f, action, 0
+        self._f, self._action = f, action
 
     def write(self, data) -> int:
-        self._writes += 1
-        if self._writes == 2:
-            if self._action == "enospc":
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            if self._action == "kill-during":
-                self._f.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-        return self._f.write(data)
+        view = data if isinstance(data, str) else memoryview(data).cast("B")
+        self._f.write(view[: len(view) // 2])
+        self._f.flush()
+        if self._action == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
 
     def __getattr__(self, name):
         return getattr(self._f, name)
