@@ -252,15 +252,17 @@ def test_train_reports_bad_data_in_one_line_and_leaves_no_run_dir(tmp_path):
 
 def test_resuming_from_another_model_size_names_the_fitting_config(tmp_path, verdict_path):
     from gptlit.core.model import GPTModel
-    from gptlit.weights.io import save_book_pth
 
-    save_book_pth(GPTModel({"context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2}), tmp_path / "big.pth")
+    big = GPTModel({"context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2})
+    # What a training checkpoint holds, as far as the checks before resuming read it.
+    torch.save({"state_dict": {f"model.{k}": v for k, v in big.state_dict().items()}, "optimizer_states": [],
+                "hyper_parameters": {"model": big.cfg.to_dict()}}, tmp_path / "big.ckpt")
     run_dir = tmp_path / "outputs" / "run"
-    result = run_train(f"data.path={verdict_path}", "data.context_length=32", f"ckpt_path={tmp_path / 'big.pth'}",
+    result = run_train(f"data.path={verdict_path}", "data.context_length=32", f"ckpt_path={tmp_path / 'big.ckpt'}",
                        f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {tmp_path / 'big.pth'} does not fit the model")
+    assert line.startswith(f"error: {tmp_path / 'big.ckpt'} does not fit the model")
     assert "tok_emb.weight is [50257, 64] in the file but [50257, 32] in the model" in line
     assert "the file fits model.vocab_size=50257 model.emb_dim=64 model.n_layers=2" in line
     assert not run_dir.exists()

@@ -1,4 +1,5 @@
-"""A real train.py process, stopped by a real signal, resumes to the same final weights bit for bit."""
+"""A real train.py process, stopped by a real signal or killed outright, resumes to the same final weights bit
+for bit."""
 
 import os
 import re
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from .conftest import ROOT
+from .faults import run_script
 
 ARGS = ["model=tiny", "data.context_length=32", "trainer.max_epochs=2", "trainer.val_check_interval=20",
         "trainer.accelerator=cpu", "callbacks.loss_plot=null"]
@@ -68,4 +70,26 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
         assert torch.equal(state["state_dict"][name], tensor), name
     for a, b in zip(state["optimizer_states"][0]["state"].values(), expected["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq"))
+    assert lines == expected_lines
+
+
+def test_run_killed_after_an_epoch_resumes_from_its_end(tmp_path, verdict_path, uninterrupted):
+    """kill -9 mid-epoch 2 (no handler runs, nothing is cleaned up): last.ckpt holds the end of epoch 1, and the
+    run resumed from it ends as the uninterrupted one did. (The step cadence: tests/test_faults.py.)"""
+    expected, expected_lines = uninterrupted
+    run_dir = tmp_path / "run"
+    args = [*ARGS, f"data.path={verdict_path}", f"hydra.run.dir={run_dir}"]
+    killed = run_script("train.py", *args, faults=["kill-at-step:80"])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file(), sorted(p.name for p in last.parent.iterdir())
+    assert torch.load(last, weights_only=True)["global_step"] == 72
+    lines = [line for line in killed.stdout.replace("\r", "\n").splitlines() if line.startswith("Ep ")]
+
+    resumed = run_script("train.py", *args, f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines += [line for line in resumed.stdout.replace("\r", "\n").splitlines() if line.startswith("Ep ")]
+    state = final_state(run_dir)
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(state["state_dict"][name], tensor), name
     assert lines == expected_lines

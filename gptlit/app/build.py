@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlit.training.checkpoint_io import SafeCheckpointIO
 from gptlit.training.module import GPTLitModule
-from gptlit.weights.io import check_fits, read_weights
+from gptlit.weights.io import check_fits, check_same_config, read_resume_checkpoint
 
 
 def quiet_known_warnings() -> None:
@@ -37,9 +37,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         # machine: the others wait for it in Lightning's own prepare_data/setup order.
         datamodule.prepare_data()
         datamodule.setup("fit")
-    # A missing, corrupt or unsafe checkpoint is reported before anything is built or written. Mapped, not read:
-    # only its names and shapes are checked here, and Lightning reads it whole once, optimizer state included.
-    resume_from = read_weights(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
+    # A missing, damaged, unsafe or weights-only checkpoint is reported before anything is built or written.
+    # Mapped, not read into memory: Lightning restores it whole afterwards, optimizer state included.
+    resume_from = read_resume_checkpoint(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
     module = GPTLitModule(
         instantiate(cfg.model),
         optimizer=instantiate(cfg.optimizer),
@@ -49,6 +49,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     )
     if resume_from is not None:
         check_fits(module.model, resume_from)  # a checkpoint of another size names the model= that fits it
+        check_same_config(module.model.cfg, resume_from)  # n_heads, drop_rate, ...: what shapes do not show
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[SafeCheckpointIO()])

@@ -34,7 +34,15 @@ def exit_on_user_error(run_dir: str | Path | None = None) -> Iterator[None]:
             raise
         if run_dir is not None:
             remove_if_only_hydra(Path(run_dir))
-        fail(str(user_error))
+        fail(one_line(str(user_error)))
+
+
+def one_line(message: str) -> str:
+    # An error raised in a DataLoader worker comes back with the worker's traceback folded into its message;
+    # its own message is the last line, after the exception's qualified name.
+    if "\nOriginal Traceback" in message:
+        return message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return message
 
 
 def remove_if_only_hydra(run_dir: Path) -> None:
@@ -54,9 +62,36 @@ MOVED_KEYS = {
 }
 
 
+def extra_config_dirs(argv: list[str]) -> list[Path]:
+    """The folders of `--config-dir DIR` / `-cd DIR` (Hydra's option adding a config search path)."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.partition("=")[2]))
+    return dirs
+
+
+def check_config_files(config_dirs: list[Path]) -> None:
+    """Every config file must be UTF-8 YAML: a damaged one is one line naming it, not Hydra's traceback."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    for folder in config_dirs:
+        for path in sorted(folder.rglob("*.yaml")):
+            try:
+                yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+                reason = " ".join(str(err).split())[:160]
+                fail(f"config {path} cannot be read ({type(err).__name__}: {reason}); repair or restore it")
+
+
 def check_group_choices(config_dir: Path, argv: list[str]) -> None:
-    """Refuse `group=option` overrides naming no file in conf/<group>/ with one line, before Hydra prints
-    its several-line report."""
+    """Refuse `group=option` overrides naming no file in conf/<group>/ (nor in a `--config-dir` of the
+    command line) with one line, before Hydra prints its several-line report."""
+    config_dirs = [config_dir, *extra_config_dirs(argv)]
+    check_config_files(config_dirs)
     for arg in argv:
         key = arg.lstrip("+~").partition("=")[0]
         if key in MOVED_KEYS:
@@ -69,7 +104,7 @@ def check_group_choices(config_dir: Path, argv: list[str]) -> None:
         group_dir = config_dir / group
         if not group_dir.is_dir():
             continue
-        options = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        options = sorted({p.stem for d in config_dirs for p in (d / group).glob("*.yaml")})
         for value in filter(None, values.split(",")):
             if value != "null" and value not in options:
                 fail(f"unknown {group}={value}; choose one of: {', '.join(options)} (files in {group_dir})")

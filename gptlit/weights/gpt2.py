@@ -77,10 +77,12 @@ def read_gpt2(folder: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     """GPTConfig and state dict (GPTModel's names, output head included) of a Hugging Face GPT-2 folder."""
     folder = Path(folder)
     try:
-        hf = json.loads((folder / "config.json").read_text())
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         tensors = load_file(folder / "model.safetensors")
-    except (OSError, json.JSONDecodeError, SafetensorError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # ValueError: bad JSON, bytes that are not UTF-8
         raise UserError(f"{folder} does not hold a readable GPT-2 checkpoint ({str(err).splitlines()[0]})") from None
+    if not isinstance(hf, dict) or not all(isinstance(hf.get(k), int) for k in ("vocab_size", "n_embd", "n_head", "n_layer")):
+        raise UserError(f"{folder}/config.json is damaged: it lacks GPT-2's vocab_size, n_embd, n_head and n_layer")
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{folder} holds a {hf.get('model_type')!r} model; only GPT-2 (model_type gpt2) maps onto GPTModel")
     # GPTModel hard-codes GPT-2's tanh GELU and LayerNorm eps; refuse checkpoints built otherwise.
