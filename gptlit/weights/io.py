@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,6 +45,9 @@ class Weights:
     state: dict[str, torch.Tensor]  # GPTModel's names, without the book's mask buffers
     config: GPTConfig | None  # None when the file does not say (a bare state dict)
     source: str
+    # What a training checkpoint says of its run besides the weights: global_step, tokens_seen and the
+    # evaluations (history), read for model cards; empty for other sources.
+    run: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tied(self) -> bool:
@@ -118,8 +121,17 @@ def read_weights(source: str | Path) -> Weights:
         except (KeyError, TypeError):
             raise UserError(f"{path} is a Lightning checkpoint without a gptlit model config in its hyper-parameters") from None
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        return Weights(_clean(state, source_str), config, source_str)
+        run = {k: ckpt[k] for k in ("global_step", "epoch", "tokens_seen", "history") if k in ckpt}
+        return Weights(_clean(state, source_str), config, source_str, run)
     return Weights(_clean(ckpt, source_str), None, source_str)
+
+
+def read_source(ckpt_path: str | Path | None, pretrained: str | Path | None) -> Weights:
+    """The weights an entry point names: exactly one of a weights file (ckpt_path=) or a GPT-2 name or folder
+    (pretrained=)."""
+    if (ckpt_path is None) == (pretrained is None):
+        raise UserError("pass exactly one of ckpt_path=path/to/weights and pretrained=gpt2|gpt2-medium|...|/folder")
+    return read_weights(ckpt_path if ckpt_path is not None else pretrained)
 
 
 def shapes_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
