@@ -6,8 +6,11 @@ import contextlib
 import functools
 import os
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import IO, Iterator
+
+from gptlit.errors import UserError
 
 
 @functools.cache
@@ -35,3 +38,15 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def fetch(url: str, path: str | Path, fix: str) -> None:
+    """Download ``url`` into ``path``; a failure (offline, say) is one UserError ending in ``fix``, and leaves
+    nothing behind."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_write(path) as out:
+            out.write(response.read())
+    except OSError as err:
+        reason = getattr(err, "reason", None)
+        detail = f"{err.__class__.__name__}: {reason}" if reason else err.__class__.__name__
+        raise UserError(f"{path} is missing and could not be downloaded from {url} ({detail}); {fix}") from None
