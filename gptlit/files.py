@@ -21,6 +21,11 @@ def _umask() -> int:
     return mask
 
 
+def usual_permissions(path: str | Path) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (owner-only) the permissions the umask gives new ones."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Yield a temporary file beside ``path`` that replaces ``path`` only once it is complete and synced."""
@@ -28,7 +33,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
+        usual_permissions(tmp)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
