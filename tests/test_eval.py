@@ -231,3 +231,16 @@ def test_a_file_that_is_not_hellaswag_is_named_with_its_line(tmp_path):
     path.write_text(json.dumps({"ctx": "x", "endings": ["a", "b", "c", "d"], "label": 1}) + "\n{\"ctx\": 3}\n")
     with pytest.raises(UserError, match=r"bad.jsonl line 2 is not a HellaSwag item"):
         hellaswag.read_items(path)
+
+
+def test_hellaswag_callback_scores_the_model_during_training(tmp_path, hellaswag_file, capsys):
+    from gptlit.app.build import fit
+    from tests.conftest import compose_train
+
+    path = hellaswag_file[0]
+    trainer = fit(compose_train(tmp_path, "callbacks=hellaswag", "callbacks.hellaswag.every_n_steps=2",
+                                f"callbacks.hellaswag.path={path}", "trainer.max_steps=4"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("HellaSwag")]
+    assert [line.split(":")[0] for line in lines] == ["HellaSwag at step 2", "HellaSwag at step 4"]
+    final = hellaswag.hellaswag(trainer.lightning_module.model, hellaswag.read_items(path), progress=False)
+    assert lines[-1].endswith(f"acc_norm {final['acc_norm']:.4f}, acc {final['acc']:.4f} on 5 items")

@@ -103,7 +103,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 @torch.no_grad()
 def score_items(
-    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str = "32-true", progress: bool = True
+    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str | None = "32-true", progress: bool = True
 ) -> ItemScores:
     """The ending losses of every item, ``batch_size`` items (4 rows each) per forward pass."""
     check_int("task.batch_size", batch_size)
@@ -141,6 +141,6 @@ def accuracy(scores: ItemScores) -> dict[str, float | int]:
 
 
 def hellaswag(
-    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str = "32-true", progress: bool = True
+    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str | None = "32-true", progress: bool = True
 ) -> dict[str, float | int]:
     return accuracy(score_items(model, items, batch_size, precision, progress))

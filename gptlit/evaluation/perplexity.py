@@ -70,7 +70,7 @@ def perplexity(
     window: int,
     stride: int | None = None,
     batch_size: int = 8,
-    precision: str = "32-true",
+    precision: str | None = "32-true",
     progress: bool = True,
 ) -> PerplexityResult:
     """Token-weighted mean loss and perplexity of ``model`` on ``tokens`` (see the module's docstring)."""

@@ -18,8 +18,11 @@ from gptlit.errors import UserError
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
 
-def at_precision(model: nn.Module, precision: str) -> ContextManager:
-    """The context to run ``model`` in at ``precision``; a true precision casts ``model`` in place first."""
+def at_precision(model: nn.Module, precision: str | None) -> ContextManager:
+    """The context to run ``model`` in at ``precision``; a true precision casts ``model`` in place first. None
+    runs the model as it is (a caller such as a training callback has set the precision already)."""
+    if precision is None:
+        return contextlib.nullcontext()
     precision = str(precision)
     if precision == "32":
         precision = "32-true"
