@@ -94,6 +94,19 @@ def test_perplexity_equals_transformers_on_the_same_windows(tmp_path, hf_folder,
     assert report["source"] == str(folder) and report["data"]["split"] == split
 
 
+def test_perplexity_reads_the_textfiles_corpus_split_by_tokens(tmp_path, hf_folder, short_text):
+    folder, hf = hf_folder
+    corpus = tmp_path / "books"
+    corpus.mkdir()
+    (corpus / "start.txt").write_text(short_text.read_text(encoding="utf-8"), encoding="utf-8")
+    tokens = encode(short_text.read_text(encoding="utf-8"))
+    val = tokens[int(0.9 * len(tokens)):]  # data=textfiles splits the corpus's tokens 90/10
+    report = run_eval(tmp_path / "run", f"pretrained={folder}", "data=textfiles", f"data.path={corpus}",
+                      f"data.cache_dir={tmp_path / 'cache'}", "data.progress=false", "data.context_length=16")
+    expected_loss, expected_tokens = transformers_perplexity(hf, val, 16, 16)
+    assert report["tokens"] == expected_tokens and report["loss"] == pytest.approx(expected_loss, rel=1e-4)
+
+
 def test_windows_score_every_token_once_with_the_most_context_the_stride_allows():
     windows = sliding_windows(n_tokens=11, window=4, stride=3)
     # (first input, inputs, scored targets): targets are the tokens 1..10
