@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -75,6 +76,11 @@ def human_bytes(n: float) -> str:
     raise AssertionError
 
 
+def usual_permissions(path: str | Path) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (owner-only) the permissions the umask gives new ones."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb", size_hint: int | None = None) -> Iterator[IO]:
     """Yield a temporary file beside ``path`` that replaces ``path`` only once it is complete and synced.
@@ -88,7 +94,7 @@ def atomic_write(path: str | Path, mode: str = "wb", size_hint: int | None = Non
     _remove_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_id()}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
+        usual_permissions(tmp)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -123,3 +129,15 @@ def _no_space_message(path: Path, size_hint: int | None, written: int) -> str:
     kept = f"the previous {path.name} is intact" if path.exists() else "nothing was left half-written"
     return (f"no space left to write {path} (it needs {need}, {free}); {kept}. Free some space on that disk, "
             "or write elsewhere, and run again")
+
+
+def fetch(url: str, path: str | Path, fix: str) -> None:
+    """Download ``url`` into ``path``; a failure (offline, say) is one UserError ending in ``fix``, and leaves
+    nothing behind."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_write(path) as out:
+            out.write(response.read())
+    except OSError as err:
+        reason = getattr(err, "reason", None)
+        detail = f"{err.__class__.__name__}: {reason}" if reason else err.__class__.__name__
+        raise UserError(f"{path} is missing and could not be downloaded from {url} ({detail}); {fix}") from None

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.training.checkpoint_io import SafeCheckpointIO
+from gptlit.training.loggers import log_hyperparameters
 from gptlit.training.module import GPTLitModule
 from gptlit.weights.io import check_fits, check_same_config, read_resume_checkpoint
 
@@ -60,6 +61,6 @@ def fit(cfg: DictConfig) -> L.Trainer:
     """Build the run and train it; returns the trainer for its metrics and paths."""
     datamodule, module, trainer = build(cfg)
     if trainer.logger:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        log_hyperparameters(trainer.logger, OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return trainer

@@ -13,7 +13,7 @@ from typing import Iterator
 from gptlit.errors import find_user_error
 
 # What Hydra writes into a run directory before the task starts.
-HYDRA_START_FILES = {".hydra", "train.log", "generate.log"}
+HYDRA_START_FILES = {".hydra", "train.log", "generate.log", "eval.log", "export.log"}
 
 
 def fail(message: str) -> None:

@@ -36,3 +36,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def precision_dtype(precision: str | int) -> torch.dtype:
+    """The dtype the matmuls of a step run in under a Lightning precision setting."""
+    text = str(precision)
+    if text.startswith("bf16"):
+        return torch.bfloat16
+    if text.startswith("16"):
+        return torch.float16
+    return torch.float32
+

@@ -7,7 +7,6 @@ A UTF-8 text is split by characters into train and validation parts, each part i
 from __future__ import annotations
 
 import os
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from gptlit.errors import UserError, check_int
-from gptlit.files import atomic_write
+from gptlit.files import fetch
 from gptlit.data.shard_sampler import BatchShardSampler
 from gptlit.core.tokenizer import encode
 
@@ -92,14 +91,7 @@ class ResumableRandomSampler(Sampler[int]):
 
 def download(url: str, path: Path) -> None:
     """Fetch ``url`` into ``path``; a failed download leaves nothing behind."""
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, atomic_write(path) as out:
-            out.write(response.read())
-    except OSError as err:
-        raise UserError(
-            f"{path} is missing and could not be downloaded from {url} ({err.__class__.__name__}); "
-            f"put a UTF-8 text file there or set data.path=/path/to/text.txt"
-        ) from None
+    fetch(url, path, fix="put a UTF-8 text file there or set data.path=/path/to/text.txt")
 
 
 class TextDataModule(L.LightningDataModule):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gptlit.core.device import resolve_device_type
+from gptlit.core.device import precision_dtype, resolve_device_type  # noqa: F401 (precision_dtype: its old home)
 
 BF16 = "bf16-mixed"
 FP32 = "32-true"
@@ -55,14 +55,3 @@ def default_precision(accelerator: str = "auto") -> str:
 
 def register_resolver() -> None:
     OmegaConf.register_new_resolver(RESOLVER, default_precision, replace=True)
-
-
-def precision_dtype(precision: str | int) -> torch.dtype:
-    """The dtype the matmuls of a step run in under a Lightning precision setting."""
-    text = str(precision)
-    if text.startswith("bf16"):
-        return torch.bfloat16
-    if text.startswith("16"):
-        return torch.float16
-    return torch.float32
-

@@ -13,7 +13,7 @@ import logging
 import pickle
 import zipfile
 import zlib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,6 +51,9 @@ class Weights:
     state: dict[str, torch.Tensor]  # GPTModel's names, without the book's mask buffers
     config: GPTConfig | None  # None when the file does not say (a bare state dict)
     source: str
+    # What a training checkpoint says of its run besides the weights: global_step, tokens_seen and the
+    # evaluations (history), read for model cards; empty for other sources.
+    run: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tied(self) -> bool:
@@ -173,7 +176,8 @@ def _lightning_weights(ckpt: Mapping[str, Any], source: str) -> Weights:
     except (KeyError, TypeError):
         raise UserError(f"{source} is a Lightning checkpoint without a gptlit model config in its hyper-parameters") from None
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    return Weights(_clean(state, source), _stored_config(stored, source), source)
+    run = {k: ckpt[k] for k in ("global_step", "epoch", "tokens_seen", "history") if k in ckpt}
+    return Weights(_clean(state, source), _stored_config(stored, source), source, run)
 
 
 def read_weights(source: str | Path, mmap: bool = False) -> Weights:
@@ -220,6 +224,14 @@ def read_resume_checkpoint(path: str | Path, mmap: bool = False) -> Weights:
         raise UserError(f"{path} holds weights only (best.ckpt is saved so), without the optimizer state and position "
                         "a resume needs; resume from checkpoints/last.ckpt, " + start_instead)
     return check_values(_lightning_weights(ckpt, str(path)))
+
+
+def read_source(ckpt_path: str | Path | None, pretrained: str | Path | None) -> Weights:
+    """The weights an entry point names: exactly one of a weights file (ckpt_path=) or a GPT-2 name or folder
+    (pretrained=)."""
+    if (ckpt_path is None) == (pretrained is None):
+        raise UserError("pass exactly one of ckpt_path=path/to/weights and pretrained=gpt2|gpt2-medium|...|/folder")
+    return read_weights(ckpt_path if ckpt_path is not None else pretrained)
 
 
 def shapes_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
