@@ -43,10 +43,21 @@ def test_leaves_tensorboard_scalars_and_text(run_dir):
     out, _ = run_dir
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "val/loss", "val/perplexity", "tokens_seen"):
+    for tag in ("train/loss", "val/loss", "val/perplexity", "train/tokens_seen"):
         assert [e.step for e in events.Scalars(tag)] == [5, 10], tag
+    assert [e.step for e in events.Scalars("train/batch_loss")] == list(range(12))
     assert any(t.startswith("sample") for t in tags["tensors"])
-    assert events.Scalars("tokens_seen")[-1].value == 10 * 2 * 32
+    assert events.Scalars("train/tokens_seen")[-1].value == 10 * 2 * 32
+
+
+def test_tensorboard_opens_on_the_losses(run_dir):
+    # TensorBoard's Time Series tab sorts the tags, groups them by the part before the first "/" and opens the
+    # first two groups: those must be train (its loss first after the per-batch loss) and val.
+    out, _ = run_dir
+    scalars = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
+    groups = list(dict.fromkeys(tag.split("/")[0] for tag in sorted(scalars)))
+    assert groups == ["train", "val"], groups
+    assert sorted(scalars)[:2] == ["train/batch_loss", "train/loss"]
 
 
 def test_leaves_checkpoints_plot_and_config(run_dir):

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from gptlit.core.generation import DecodingConfig, generate
+from gptlit.training.console import show
 from gptlit.training.module import GPTLitModule
 from gptlit.training.plot import plot_losses
 from gptlit.training.precision import precision_dtype
@@ -61,7 +62,7 @@ class SampleText(L.Callback):
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
         text = self.sample(pl_module)
-        pl_module.print(text.replace("\n", " "))
+        show(text.replace("\n", " "), pl_module)
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_text("sample", text, trainer.global_step)
 
@@ -152,7 +153,7 @@ class Throughput(L.Callback):
         tokens_per_sec = sum(n for _, n in self._steps) / seconds
         mfu = tokens_per_sec * training_flops_per_token(pl_module.config, inputs.shape[1]) / self.peak_flops
         pl_module.log_dict(
-            {"perf/tokens_per_sec": tokens_per_sec, "perf/mfu": mfu},
+            {"train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu},
             prog_bar=True,
             on_step=True,
             on_epoch=False,

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.errors import UserError, check_int
 from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.training.console import show
 from gptlit.weights.io import init_model
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
@@ -82,12 +83,15 @@ class GPTLitModule(L.LightningModule):
         return self.optimizer_factory(self.parameters())
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # The x position Lightning would use anyway; without a "step" it adds an "epoch" scalar to the step's
+        # metrics, and that chart would head TensorBoard's list, above the losses.
+        self.log("step", float(self.global_step), batch_size=1)
         inputs, targets = batch
         loss = cross_entropy(self.model(inputs), targets)
         if not torch.isfinite(loss):
             where = f"at step {self.global_step + 1} (epoch {self.current_epoch + 1}, batch {batch_idx + 1})"
             if self.on_nonfinite == "skip":
-                self.print(f"warning: training loss is {loss.item()} {where}; batch skipped")
+                show(f"warning: training loss is {loss.item()} {where}; batch skipped", self)
                 return None  # Lightning then skips backward and the optimizer step
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} {where}; the run stopped and the checkpoints written so far are "
@@ -114,7 +118,7 @@ class GPTLitModule(L.LightningModule):
             "val/loss": val_loss,
             "train/loss": train_loss,
             "val/perplexity": math.exp(min(val_loss, 700.0)),
-            "tokens_seen": float(self.tokens_seen),
+            "train/tokens_seen": float(self.tokens_seen),
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
         self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
@@ -129,7 +133,7 @@ class GPTLitModule(L.LightningModule):
                 "val_loss": val_loss,
             }
         )
-        self.print(f"Ep {epoch} (Step {printed_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+        show(f"Ep {epoch} (Step {printed_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}", self)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.eval_freq and (self.global_step - 1) % self.eval_freq == 0:
