@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from pathlib import Path
 from typing import Iterator
 
@@ -51,7 +52,8 @@ def check_keys(config_dir: Path, config_name: str, argv: list[str]) -> None:
 
 
 def check_key(override: Override, config: dict, script: str) -> None:
-    key, value = override.key_or_group, override.input_line.partition("=")[2]
+    key = override.key_or_group
+    value = shlex.quote(override.input_line.partition("=")[2])  # as the user would type it again
     path = key.split(".")
     found, depth = lookup(config, path)
     parent = node_at(config, path[:depth])
