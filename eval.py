@@ -11,7 +11,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gptlit.app.cli import check_group_choices, exit_on_user_error
+from gptlit.app.cli import check_command_line, exit_on_user_error
 from gptlit.app.source import load_model
 from gptlit.core.device import pick_device
 from gptlit.core.model import GPTModel
@@ -82,5 +82,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_group_choices(CONFIG_DIR, sys.argv[1:])
+    check_command_line(CONFIG_DIR, "eval", sys.argv[1:])
     main()

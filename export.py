@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from gptlit.app.cli import check_group_choices, exit_on_user_error
+from gptlit.app.cli import check_command_line, exit_on_user_error
 from gptlit.app.source import load_model
 from gptlit.weights.hf_export import export_gpt2, find_run_config, model_card, push_to_hub
 
@@ -33,5 +33,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_group_choices(CONFIG_DIR, sys.argv[1:])
+    check_command_line(CONFIG_DIR, "export", sys.argv[1:])
     main()

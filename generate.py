@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from gptlit.app.cli import check_group_choices, exit_on_user_error
+from gptlit.app.cli import check_command_line, exit_on_user_error
 from gptlit.app.source import load_model
 from gptlit.core.generation import DecodingConfig, stream
 from gptlit.core.device import model_device, pick_device
@@ -52,5 +52,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_group_choices(Path(__file__).resolve().parent / "conf", sys.argv[1:])
+    check_command_line(Path(__file__).resolve().parent / "conf", "generate", sys.argv[1:])
     main()

@@ -70,7 +70,6 @@ def compose_train(run_dir: Path, *overrides: str):
         "trainer.devices=1",
         "+trainer.enable_progress_bar=false",
         "callbacks.progress_bar=null",
-        "+trainer.enable_model_summary=false",
         "~logger",
         "callbacks.loss_plot=null",
         "callbacks.sample_text=null",

@@ -11,6 +11,7 @@ import torch
 
 from gptlit.app.build import build
 from gptlit.app.cli import check_group_choices, exit_on_user_error
+from gptlit.app.override_keys import check_keys
 from gptlit.errors import UserError
 from gptlit.files import atomic_write
 from gptlit.training.checkpoint_io import SafeCheckpointIO
@@ -266,3 +267,77 @@ def test_resuming_from_another_model_size_names_the_fitting_config(tmp_path, ver
     assert "tok_emb.weight is [50257, 64] in the file but [50257, 32] in the model" in line
     assert "the file fits model.vocab_size=50257 model.emb_dim=64 model.n_layers=2" in line
     assert not run_dir.exists()
+
+
+def run_script(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        pytest.param("train.py", ["trainer=gpu"], "error: trainer.accelerator=gpu asks for a GPU, but torch sees no "
+                     "GPU on this machine (neither CUDA nor MPS; a CPU-only torch build sees none either); train on "
+                     "the CPU with trainer=cpu, or use the default trainer, which picks the device this machine has",
+                     marks=pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                                              reason="this machine has a GPU")),
+        ("train.py", ["trainer=fsdp", "trainer.accelerator=cpu"], "error: trainer=fsdp needs CUDA GPUs, but this run's "
+         "device is cpu (trainer.accelerator=cpu); run it on a GPU machine, or try data-parallel training on the CPU "
+         "with trainer=ddp trainer.accelerator=cpu"),
+        pytest.param("generate.py", ["device=cuda", "pretrained=gpt2"], "error: device=cuda was asked for, but torch "
+                     "sees no CUDA GPU on this machine (a CPU-only torch build sees none either); use device=auto or "
+                     "device=cpu", marks=NO_CUDA),
+        ("generate.py", ["promt=hi"], "error: generate.py has no setting promt; did you mean prompt=hi?"),
+        ("generate.py", ["+promt=hi"], "error: +promt=hi adds a setting that generate.py never reads, so it would "
+         "change nothing; did you mean prompt=hi?"),
+    ],
+)
+def test_unusable_command_lines_are_one_line_exit_2_and_leave_nothing(tmp_path, verdict_path, script, args, message):
+    run_dir = tmp_path / "outputs" / "run"
+    extra = ["model=tiny", f"data.path={verdict_path}", f"hydra.run.dir={run_dir}"] if script == "train.py" else []
+    result = run_script(script, *extra, *args, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, message + "\n")
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing in the working directory
+
+
+@pytest.mark.parametrize(
+    "config, argv, message",
+    [
+        ("train", ["lr=1e-3"], "train.py has no setting lr; did you mean optimizer.lr=1e-3?"),
+        ("train", ["+promt=hi"], "+promt=hi adds a setting that train.py never reads, so it would change nothing; "
+         "python train.py --help lists the settings"),
+        ("train", ["model=tiny", "model.n_head=4"], "train.py has no setting model.n_head; did you mean model.n_heads=4?"),
+        ("train", ["-m", "trainer.max_epoch=1,2"], "train.py has no setting trainer.max_epoch; did you mean "
+         "trainer.max_epochs=1,2?"),
+        ("train", ["+seed=1"], "seed is a setting already; write seed=1, without the +"),
+        ("train", ["~loger"], "~loger: train.py has no setting loger to remove; did you mean logger?"),
+        ("train", ["trainer.strategy=ddp"], "train.py has no setting trainer.strategy; to hand trainer's constructor "
+         "an argument its config does not list, write +trainer.strategy=ddp"),
+        ("train", ["callbacks.sample_text.decoding.top_k=5"], "callbacks.sample_text.decoding takes its value from "
+         "decoding; write decoding.top_k=5"),
+        ("generate", ["decoding=sample", "decoding.topk=3"], "generate.py has no setting decoding.topk; did you mean "
+         "decoding.top_k=3?"),
+        ("generate", ["max_tokens=3"], "generate.py has no setting max_tokens; did you mean max_new_tokens=3?"),
+    ],
+)
+def test_mistyped_keys_name_the_key_meant(config, argv, message):
+    with pytest.raises(UserError) as err:
+        check_keys(ROOT / "conf", config, argv)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "config, argv",
+    [
+        ("train", ["model=tiny", "+trainer.limit_train_batches=6", "trainer.max_epochs=2", "hydra.run.dir=x"]),
+        ("train", ["-m", "model=tiny,gpt124m", "optimizer.lr=1e-4,1e-3", "+experiment=book_ch5", "~logger"]),
+        ("train", ["--cfg", "job", "callbacks.loss_plot=null", "data=textfiles", "data.tokenize_workers=1"]),
+        ("generate", ["ckpt_path=x.ckpt", "model=tiny", "model.n_heads=4", "decoding.top_p=0.9", "prompt=a=b"]),
+    ],
+)
+def test_valid_keys_pass(config, argv):
+    check_keys(ROOT / "conf", config, argv)

@@ -63,6 +63,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
     assert command[:2] == ["python", "train.py"]
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # Its own checkpoint directory is where a resumed run belongs: no warning that it is not empty.
+    assert "exists and is not empty" not in resumed.stderr
+    # The run's log holds the resume hint, and the resumed run's lines after it.
+    log = (run_dir / "train.log").read_text()
+    assert f"Resume with:\n  {match.group(3)}\n" in log
+    assert log.rindex("Ep 2 (Step 000140)") > log.index("Resume with:")
     lines += [part for part in resumed.stdout.replace("\r", "\n").splitlines() if part.startswith("Ep ")]
 
     state = final_state(run_dir)

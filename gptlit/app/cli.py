@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from gptlit.app.override_keys import check_keys
 from gptlit.errors import find_user_error
+from gptlit.training.console import log as console_log
 
 # What Hydra writes into a run directory before the task starts.
 HYDRA_START_FILES = {".hydra", "train.log", "generate.log", "eval.log", "export.log"}
@@ -18,6 +20,8 @@ HYDRA_START_FILES = {".hydra", "train.log", "generate.log", "eval.log", "export.
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
+    # Into train.log too when the run directory stays (gptlit.training.console; a no-op elsewhere).
+    console_log.error(f"error: {message}")
     sys.exit(2)
 
 
@@ -108,3 +112,10 @@ def check_group_choices(config_dir: Path, argv: list[str]) -> None:
         for value in filter(None, values.split(",")):
             if value != "null" and value not in options:
                 fail(f"unknown {group}={value}; choose one of: {', '.join(options)} (files in {group_dir})")
+
+
+def check_command_line(config_dir: Path, config_name: str, argv: list[str]) -> None:
+    """Everything an entry point checks on its command line before Hydra runs."""
+    check_group_choices(config_dir, argv)
+    with exit_on_user_error():
+        check_keys(config_dir, config_name, argv)

@@ -20,6 +20,7 @@ from gptlit.core.device import model_device
 from gptlit.core.generation import DecodingConfig, generate
 from gptlit.core.model import GPTModel
 from gptlit.training.full_model import full_model
+from gptlit.training.console import show
 from gptlit.training.module import GPTLitModule
 from gptlit.training.plot import plot_losses
 from gptlit.training.precision import precision_dtype
@@ -77,7 +78,7 @@ class SampleText(L.Callback):
         if model is None:
             return
         text = self.sample(model)
-        pl_module.print(text.replace("\n", " "))
+        show(text.replace("\n", " "), pl_module)
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_text("sample", text, trainer.global_step)
 
@@ -235,7 +236,7 @@ class Throughput(L.Callback):
         tokens_per_sec = sum(n for _, n in self._steps) / seconds
         mfu = tokens_per_sec * training_flops_per_token(pl_module.config, inputs.shape[1]) / self.peak_flops
         pl_module.log_dict(
-            {"perf/tokens_per_sec": tokens_per_sec, "perf/mfu": mfu},
+            {"train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu},
             prog_bar=True,
             on_step=True,
             on_epoch=False,

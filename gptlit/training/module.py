@@ -15,6 +15,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.training.nonfinite import NonFiniteGuard
+from gptlit.training.console import show
 from gptlit.weights.io import init_model
 
 # Called with the model (gptlit.training.optimizer.AdamW takes it, to choose the parameters that decay).
@@ -117,6 +118,9 @@ class GPTLitModule(L.LightningModule):
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # The x position Lightning would use anyway; without a "step" it adds an "epoch" scalar to the step's
+        # metrics, and that chart would head TensorBoard's list, above the losses.
+        self.log("step", float(self.global_step), batch_size=1)
         inputs, targets = batch
         loss = cross_entropy(self.model(inputs), targets)
         tokens = inputs.numel() * self.trainer.world_size
@@ -136,7 +140,7 @@ class GPTLitModule(L.LightningModule):
 
     def check_nonfinite(self) -> None:
         """Act on the non-finite losses seen since the last check (gptlit.training.nonfinite)."""
-        self.tokens_seen -= self.nonfinite.check(self.print)
+        self.tokens_seen -= self.nonfinite.check(lambda line: show(line, self))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.nonfinite.due(self.device):
@@ -157,7 +161,7 @@ class GPTLitModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         train_loss, val_loss = self.record_evaluation()
-        self.print(evaluation_line(self.current_epoch + 1, "Step", self.global_step, train_loss, val_loss))
+        show(evaluation_line(self.current_epoch + 1, "Step", self.global_step, train_loss, val_loss), self)
 
     def record_evaluation(self) -> tuple[float, float]:
         """Reduce the sums of the validation steps over every rank, log them and add them to the history."""
@@ -168,7 +172,7 @@ class GPTLitModule(L.LightningModule):
             "val/loss": val_loss,
             "train/loss": train_loss,
             "val/perplexity": math.exp(min(val_loss, 700.0)),
-            "tokens_seen": float(self.tokens_seen),
+            "train/tokens_seen": float(self.tokens_seen),
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
         self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
