@@ -63,8 +63,8 @@ class Probe:
 
     def describe(self) -> str:
         return (
-            f"precision {self.precision}: on {self.device} the step's matmuls ran {self.bf16_flops / 1e9:.0f} GFLOP/s "
-            f"in bf16 and {self.fp32_flops / 1e9:.0f} GFLOP/s in fp32 ({self.speedup:.2f}x; bf16 needs "
+            f"precision {self.precision}: on {self.device} the step's matmuls ran {self.bf16_flops / 1e9:.1f} GFLOP/s "
+            f"in bf16 and {self.fp32_flops / 1e9:.1f} GFLOP/s in fp32 ({self.speedup:.2f}x; bf16 needs "
             f"{BF16_MARGIN}x); pin it with trainer.precision=..."
         )
 
