@@ -19,28 +19,19 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for a writer that takes a file name (e.g. safetensors' save_file,
-    which writes straight from tensor memory); it replaces ``path`` only once written and synced."""
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Yield a temporary file beside ``path`` that replaces ``path`` only once it is complete and synced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.close(fd)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
-    """Yield a temporary file beside ``path`` that replaces ``path`` only once it is complete and synced."""
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
-        yield f
-        f.flush()

@@ -17,11 +17,11 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from gptlit.weights import gpt2
 from gptlit.errors import UserError
-from gptlit.files import atomic_path, atomic_write
+from gptlit.files import atomic_write
 from gptlit.core.model import GPTConfig, GPTModel
 
 log = logging.getLogger(__name__)
@@ -251,10 +251,8 @@ def save_safetensors(model: GPTModel, path: str | Path) -> Path:
         state[k] = v.clone() if v.data_ptr() in seen else v.contiguous()
         seen.add(v.data_ptr())
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.cfg.to_dict())}
-    # save_file writes from the tensors' memory; save() would first build the whole file as bytes (1.2 GB extra
-    # at the end of a 124M run, bench/README.md).
-    with atomic_path(path) as tmp:
-        save_file(state, tmp, metadata=metadata)
+    with atomic_write(path) as f:
+        f.write(save(state, metadata=metadata))
     return path
 
 
