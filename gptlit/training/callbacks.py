@@ -104,6 +104,9 @@ class ExportWeights(L.Callback):
         self.pth = pth
 
     def on_train_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        # Training is over: the gradients are no longer needed, and freeing them first keeps the export (which
+        # holds a copy of the weights while writing) within the training step's peak memory.
+        pl_module.zero_grad(set_to_none=True)
         model = full_model(trainer, pl_module)
         if model is None:
             return
