@@ -15,6 +15,8 @@ CONF = ROOT / "conf"
 GROUPS = {
     "train": {"model", "data", "trainer", "optimizer", "decoding", "logger", "callbacks", "experiment"},
     "generate": {"decoding", "model"},
+    "eval": {"task", "data", "model"},
+    "export": {"model"},
 }
 
 
@@ -40,7 +42,7 @@ def described_groups(text):
     return groups
 
 
-@pytest.mark.parametrize("entry", ["train", "generate"])
+@pytest.mark.parametrize("entry", ["train", "generate", "eval", "export"])
 def test_help_describes_every_option_of_its_own_groups_only(entry):
     groups = described_groups(help_text(entry))
     assert set(groups) == GROUPS[entry]
@@ -49,7 +51,7 @@ def test_help_describes_every_option_of_its_own_groups_only(entry):
             assert re.search(rf"\b{option}\b", description), f"{group}={option} is not in --help"
 
 
-@pytest.mark.parametrize("entry", ["train", "generate"])
+@pytest.mark.parametrize("entry", ["train", "generate", "eval", "export"])
 def test_help_describes_the_top_level_settings(entry):
     settings = section(help_text(entry), "Settings")
     config = OmegaConf.load(CONF / f"{entry}.yaml")
