@@ -21,11 +21,13 @@ from llms_from_scratch.ch05 import train_model_simple
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gptlit.core.model import GPTConfig  # noqa: E402
 from gptlit.core.tokenizer import get_tokenizer  # noqa: E402
+from gptlit.weights.io import MODEL_SIZES  # noqa: E402
 
-GPT_CONFIG_124M = {"vocab_size": 50257, "context_length": 256, "emb_dim": 768, "n_heads": 12, "n_layers": 12,
-                   "drop_rate": 0.1, "qkv_bias": False}
-SMOKE_CONFIG = {**GPT_CONFIG_124M, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2}
+# The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys) at context 256; conf/model/tiny.yaml.
+GPT_CONFIG_124M = GPTConfig(context_length=256).to_dict()
+SMOKE_CONFIG = GPTConfig(context_length=32, **MODEL_SIZES["tiny"]).to_dict()
 
 
 def main() -> None:

@@ -27,19 +27,13 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel  # noqa: E402
 from llms_from_scratch.ch04 import generate_text_simple as book_generate_text_simple  # noqa: E402
 
 from gptlit.core.generation import generate  # noqa: E402
-from gptlit.core.model import GPTModel  # noqa: E402
+from gptlit.core.model import GPTConfig, GPTModel  # noqa: E402
 from gptlit.core.tokenizer import text_to_token_ids  # noqa: E402
+from gptlit.weights.io import MODEL_SIZES  # noqa: E402
 
-GPT_CONFIG_124M = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
-SMOKE_CONFIG = {**GPT_CONFIG_124M, "context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 2}
+# The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys); conf/model/tiny.yaml for --smoke.
+GPT_CONFIG_124M = GPTConfig().to_dict()
+SMOKE_CONFIG = GPTConfig(context_length=64, **MODEL_SIZES["tiny"]).to_dict()
 
 
 def copy_bandwidth(n_bytes: int = 1 << 30, reps: int = 5) -> float:

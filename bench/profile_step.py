@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from contextlib import nullcontext
 
-from train_throughput import ROOT, SMOKE_OVERRIDES, batches, build_run
+from train_throughput import ROOT, SMOKE_OVERRIDES, build_run, plain_step
 
 # First match wins; an operator matching none is "other".
 GROUPS = (
@@ -54,23 +53,9 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from gptlit.training.module import cross_entropy
-    from gptlit.training.precision import precision_dtype
-
     cfg, datamodule, module, _ = build_run(args.data, args.override)
-    stream = batches(datamodule.train_dataloader())
-    model = module.model.train()
-    optimizer = module.configure_optimizers()
-    precision = str(cfg.trainer.precision)
-    autocast = torch.autocast("cpu", dtype=precision_dtype(precision)) if precision.endswith("-mixed") else nullcontext()
-
-    def step() -> None:
-        inputs, targets = next(stream)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = cross_entropy(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
+    step = plain_step(cfg, datamodule, module, torch.device("cpu"))
+    precision = cfg.trainer.precision
 
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

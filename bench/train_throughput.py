@@ -38,17 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BOOK_CFG = {
-    "vocab_size": 50257,
-    "context_length": 256,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
 KINDS = ("book", "plain", "lightning")
-SMOKE_CFG = {**BOOK_CFG, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2}
 # A datasheet peak: the Lightning run then skips measuring the matmul rate when fit starts.
 SMOKE_OVERRIDES = ["model=tiny", "data.context_length=32", "callbacks.throughput.peak_flops=1e12"]
 # The callbacks that stay in the timed Lightning run: throughput is part of every default run, so its cost counts.
@@ -135,17 +125,13 @@ def book_worker(conn, data_path: str, config: dict) -> None:
     serve(conn, step)
 
 
-def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
+def plain_step(cfg, datamodule, module, device):
+    """gptlit's training step in a bare PyTorch loop, over parts built by gptlit.app.build; returns the loss."""
     import torch
 
     from gptlit.training.module import cross_entropy
     from gptlit.training.precision import precision_dtype
 
-    cfg, datamodule, module, trainer = build_run(data_path, overrides)
-    device = trainer.strategy.root_device
-    if device.type == "cuda":
-        # What the FastFloat32Matmuls callback does in the Lightning run.
-        torch.set_float32_matmul_precision("high")
     stream = batches(datamodule.train_dataloader())
     model = module.model.to(device).train()
     optimizer = module.configure_optimizers()
@@ -156,17 +142,29 @@ def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
     mixed = precision.endswith("-mixed")
     autocast = torch.autocast(device.type, dtype=precision_dtype(precision)) if mixed else nullcontext()
 
-    def step() -> None:
+    def step():
         inputs, targets = (t.to(device) for t in next(stream))
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = cross_entropy(forward(inputs), targets)
         loss.backward()
         optimizer.step()
-        # Lightning's progress bar reads the loss every step; reading it here syncs the device alike.
-        loss.item()
+        return loss
 
-    serve(conn, step)
+    return step
+
+
+def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
+    import torch
+
+    cfg, datamodule, module, trainer = build_run(data_path, overrides)
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        # What the FastFloat32Matmuls callback does in the Lightning run.
+        torch.set_float32_matmul_precision("high")
+    step = plain_step(cfg, datamodule, module, device)
+    # Lightning's progress bar reads the loss every step; reading it here syncs the device alike.
+    serve(conn, lambda: step().item())
 
 
 def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
@@ -243,7 +241,6 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="one step of a tiny model: does the script run?")
     args = parser.parse_args()
-    book_cfg = SMOKE_CFG if args.smoke else BOOK_CFG
     matmul_size = 256 if args.smoke else 2048
     if args.smoke:
         args.rounds, args.steps, args.warmup = 1, 1, 1
@@ -253,6 +250,10 @@ def main() -> None:
 
     from gptlit.core.model import GPTConfig
     from gptlit.training.throughput import measure_matmul_flops, training_flops_per_token
+    from gptlit.weights.io import MODEL_SIZES
+
+    # The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys) at context 256; conf/model/tiny.yaml.
+    book_cfg = GPTConfig(context_length=32, **MODEL_SIZES["tiny"]) if args.smoke else GPTConfig(context_length=256)
 
     with tempfile.TemporaryDirectory() as run_dir:
         precision = compose_config(args.data, args.override, run_dir).trainer.precision
@@ -262,7 +263,7 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")
     targets = {
-        "book": (book_worker, (args.data, book_cfg)),
+        "book": (book_worker, (args.data, book_cfg.to_dict())),
         "plain": (plain_worker, (args.data, args.override)),
         "lightning": (lightning_worker, (args.data, args.override)),
     }
@@ -311,8 +312,8 @@ def main() -> None:
         rss[kind] = conn.recv()[1]
         procs[kind].join(timeout=60)
 
-    tokens = 2 * book_cfg["context_length"]
-    flops = training_flops_per_token(GPTConfig.from_any(book_cfg)) * tokens
+    tokens = 2 * book_cfg.context_length
+    flops = training_flops_per_token(book_cfg) * tokens
     fp32, bf16 = max(rates[torch.float32]), max(rates[torch.bfloat16])
     print()
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
