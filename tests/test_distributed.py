@@ -141,7 +141,7 @@ def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
 
 
 def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_path, verdict_path):
-    # tests/distributed_checks.ShardedLikeFSDP makes a block's forward and the state-dict gather collective, as
+    # tests/training_parts.ShardedLikeFSDP makes a block's forward and the state-dict gather collective, as
     # they are under FSDP: a sample or an export run on rank zero alone would leave rank one waiting (and fail
     # at the 60 s timeout). Rank one's loss at step 2 is NaN: with module.on_nonfinite=skip both ranks must
     # skip that update, or the gradient all-reduce pairs a rank that skipped backward with one that did not.
@@ -149,11 +149,11 @@ def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_
     cmd = [
         sys.executable, str(ROOT / "train.py"), "model=tiny", f"data.path={verdict_path}", "data.context_length=32",
         "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-        "trainer.strategy._target_=tests.distributed_checks.ShardedLikeFSDP",
+        "trainer.strategy._target_=tests.training_parts.ShardedLikeFSDP",
         "trainer.max_steps=6", "+trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
         "trainer.val_check_interval=3", "module.on_nonfinite=skip", "sample.max_new_tokens=5",
-        "+callbacks.nan._target_=tests.distributed_checks.NonFiniteLossOn", "+callbacks.nan.rank=1",
-        "+callbacks.nan.step=2", "+callbacks.record._target_=tests.distributed_checks.RecordWeights",
+        "+callbacks.nan._target_=tests.training_parts.NonFiniteLoss", "+callbacks.nan.rank=1",
+        "+callbacks.nan.step=2", "+callbacks.record._target_=tests.training_parts.RecordWeights",
         "+callbacks.record.dirpath=${run_dir}", "callbacks.loss_plot=null", "logger=csv", f"hydra.run.dir={run_dir}",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -5,7 +5,6 @@ import pickle
 import subprocess
 import sys
 
-import lightning as L
 import pytest
 import torch
 
@@ -20,6 +19,7 @@ from gptlit.training.nonfinite import NonFiniteLossError
 from gptlit.weights.io import read_checkpoint
 
 from .conftest import ROOT
+from .training_parts import NonFiniteLoss
 
 
 class RunsCode:
@@ -141,25 +141,6 @@ def test_other_errors_keep_their_traceback():
             1 / 0
 
 
-class NonFiniteAt(L.Callback):
-    """Make the logits non-finite while one optimizer step runs; note the weights before and after it."""
-
-    def __init__(self, step, value):
-        self.step, self.value = step, value
-        self.before = self.after = self._handle = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step + 1 == self.step:
-            self.before = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
-            self._handle = pl_module.model.register_forward_hook(lambda module, args, out: out * self.value)
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-            self.after = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
-
-
 def fit_with_nonfinite_step(train_cfg, poison, *overrides):
     datamodule, module, trainer = build(train_cfg("trainer.max_steps=3", "trainer.limit_val_batches=0",
                                                   "callbacks.export_weights=null", *overrides))
@@ -170,7 +151,7 @@ def fit_with_nonfinite_step(train_cfg, poison, *overrides):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_loss_stops_before_updating_the_weights(train_cfg, value):
-    poison = NonFiniteAt(2, value)
+    poison = NonFiniteLoss(2, value=value)
     with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf) at step 2 \(epoch 1, batch 2\)"):
         fit_with_nonfinite_step(train_cfg, poison)
     assert all(torch.equal(poison.before[k], poison.after[k]) for k in poison.before)
@@ -178,7 +159,7 @@ def test_non_finite_loss_stops_before_updating_the_weights(train_cfg, value):
 
 @pytest.mark.parametrize("fused", ["true", "null"])  # the device-side skip of fused AdamW, and the host-side one
 def test_non_finite_loss_skips_the_update(train_cfg, capsys, fused):
-    poison = NonFiniteAt(2, float("nan"))
+    poison = NonFiniteLoss(2)
     module, trainer = fit_with_nonfinite_step(train_cfg, poison, "module.on_nonfinite=skip", f"optimizer.fused={fused}")
     assert trainer.global_step == 3
     assert all(torch.equal(poison.before[k], poison.after[k]) for k in poison.before)

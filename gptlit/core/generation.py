@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gptlit.errors import UserError, check_int
+from gptlit.core.device import model_device
 from gptlit.core.kv_cache import KVCache
 from gptlit.core.model import GPTModel
 
@@ -32,8 +33,8 @@ class DecodingConfig:
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise UserError(f"decoding.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k <= 0:
-            raise UserError(f"decoding.top_k must be a positive integer or null, got {self.top_k}")
+        if self.top_k is not None:
+            check_int("decoding.top_k", self.top_k, what="a positive integer or null")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UserError(f"decoding.top_p must be in (0, 1] or null, got {self.top_p}")
 
@@ -230,7 +231,7 @@ def generate_batch(
     followed by its generated tokens, cut before its first ``eos_id``."""
     if not prompts:
         raise UserError("no prompts were given")
-    device = next(model.parameters()).device
+    device = model_device(model)
     for prompt in prompts:
         if len(prompt) == 0:
             raise UserError('a prompt is empty; pass some text, e.g. prompt="Every effort moves you"')

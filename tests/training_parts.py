@@ -1,4 +1,4 @@
-"""Parts that train.py instantiates by name (`_target_`) in tests/test_distributed.py's DDP runs."""
+"""Callbacks and a strategy that tests put into real training runs, as objects or by name (`_target_`)."""
 
 from __future__ import annotations
 
@@ -37,21 +37,24 @@ class ShardedLikeFSDP(DDPStrategy):
         return {k: v.detach().clone() for k, v in state.items()} if self.global_rank == 0 else {}
 
 
-class NonFiniteLossOn(L.Callback):
-    """Make the logits of one rank non-finite while one optimizer step runs."""
+class NonFiniteLoss(L.Callback):
+    """Make the logits non-finite (times ``value``) while one optimizer step runs, on one rank or on all; note the
+    weights before and after that step."""
 
-    def __init__(self, rank: int, step: int):
-        self.rank, self.step = rank, step
-        self._handle = None
+    def __init__(self, step: int, rank: int | None = None, value: float = float("nan")):
+        self.step, self.rank, self.value = step, rank, value
+        self.before = self.after = self._handle = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_rank == self.rank and trainer.global_step + 1 == self.step:
-            self._handle = pl_module.model.register_forward_hook(lambda module, args, out: out * float("nan"))
+        if trainer.global_step + 1 == self.step and self.rank in (None, trainer.global_rank):
+            self.before = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+            self._handle = pl_module.model.register_forward_hook(lambda module, args, out: out * self.value)
 
-    def on_train_batch_end(self, *args) -> None:
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+            self.after = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
 
 
 class RecordWeights(L.Callback):
