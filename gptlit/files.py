@@ -106,18 +106,19 @@ def atomic_write(path: str | Path, mode: str = "wb", size_hint: int | None = Non
             written = os.stat(tmp).st_size
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if _out_of_space(err):
+        if out_of_space(err):
             raise DiskFull(_no_space_message(path, size_hint, written)) from None
         raise
 
 
-def _out_of_space(err: BaseException | None) -> bool:
-    # torch.save reports a failed write as a RuntimeError of its own, raised while handling the OSError.
+def out_of_space(err: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind ``err``, if any: torch.save, for one, reports a failed write as a
+    RuntimeError of its own, raised while handling the OSError."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in _NO_SPACE:
-            return True
+            return err
         err = err.__cause__ or err.__context__
-    return False
+    return None
 
 
 def _no_space_message(path: Path, size_hint: int | None, written: int) -> str:

@@ -5,7 +5,6 @@ FAULTS is a comma-separated list (possibly empty) of
                              disk, nothing else is cleaned up)
   enospc:NAME[:K]            the K-th (default first) write of a file named NAME runs out of space half-way
   kill-during:NAME[:K]       SIGKILL half-way through the K-th write of NAME
-  kill-after:NAME[:K]        SIGKILL right after the K-th write of NAME is in place
 The script then runs as `python script.py args ...` would run it (same sys.argv, sys.path and __main__).
 """
 

@@ -2,9 +2,9 @@
 
 Every file gptlit writes goes through ``gptlit.files.atomic_write``; ``WriteFaults`` reaches in there (it stands
 in for the ``os`` and ``tempfile`` that module sees, nothing else) and, for the file named, makes its K-th write
-run out of space half-way, or kill the process half-way or right after the file is in place. ``run_script`` runs
-``train.py``/``generate.py`` (or any script) as a user does, through ``fault_runner.py``, which installs such faults in the
-child before the script starts, or kills it (SIGKILL, no cleanup) right after a named optimizer step.
+run out of space half-way, or kill the process half-way. ``run_script`` runs ``train.py``/``generate.py`` (or
+any script) as a user does, through ``fault_runner.py``, which installs such faults in the child before the
+script starts, or kills it (SIGKILL, no cleanup) right after a named optimizer step.
 ``small_disk`` mounts a real tmpfs of a few MB where the machine allows it (root), so that a whole run meets
 ENOSPC from the kernel in whichever write comes first. ``damage`` spoils a file on disk the ways disks and
 copies do: cut short, emptied, bytes overwritten in the middle or at the start.
@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import types
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).with_name("fault_runner.py")
 
 # What a fault does to the write it hits.
-ACTIONS = ("enospc", "kill-during", "kill-after")
+ACTIONS = ("enospc", "kill-during")
 
 
 class _FaultyFile:
@@ -64,7 +63,6 @@ class WriteFaults:
     """Faults on the files gptlit.files.atomic_write writes, keyed by the target's file name.
 
     ``add("last.ckpt", "enospc", nth=2)`` makes the second write of any ``last.ckpt`` run out of space.
-    ``written`` lists the names of the files that were put in place, in order.
     """
 
     def __init__(self):
@@ -73,8 +71,7 @@ class WriteFaults:
         self._module = gptlit.files
         self._faults: dict[str, tuple[str, int]] = {}
         self._counts: dict[str, int] = {}
-        self._pending: dict[int, str] = {}  # fd of a temporary file -> the target's name
-        self.written: list[str] = []
+        self._pending: dict[int, str] = {}  # fd of a temporary file -> its name prefix
         real_os, real_tempfile, faults = os, tempfile, self
 
         class FaultyOs(types.ModuleType):
@@ -85,15 +82,7 @@ class WriteFaults:
             def fdopen(fd, *args, **kwargs):
                 f = real_os.fdopen(fd, *args, **kwargs)
                 action = faults._action_for(faults._pending.pop(fd, None))
-                return _FaultyFile(f, action) if action in ("enospc", "kill-during") else f
-
-            @staticmethod
-            def replace(src, dst):
-                real_os.replace(src, dst)
-                name = Path(dst).name
-                faults.written.append(name)
-                if faults._kill_after.pop(name, False):
-                    real_os.kill(real_os.getpid(), signal.SIGKILL)
+                return f if action is None else _FaultyFile(f, action)
 
         class FaultyTempfile(types.ModuleType):
             def __getattr__(self, name):
@@ -106,7 +95,6 @@ class WriteFaults:
                 return fd, path
 
         self._os, self._tempfile = FaultyOs("os"), FaultyTempfile("tempfile")
-        self._kill_after: dict[str, bool] = {}
 
     def add(self, name: str, action: str, nth: int = 1) -> WriteFaults:
         assert action in ACTIONS, action
@@ -120,12 +108,7 @@ class WriteFaults:
             return None
         self._counts[name] = self._counts.get(name, 0) + 1
         action, nth = self._faults[name]
-        if self._counts[name] != nth:
-            return None
-        if action == "kill-after":
-            self._kill_after[name] = True
-            return None
-        return action
+        return action if self._counts[name] == nth else None
 
     def install(self) -> None:
         self._saved = (self._module.os, self._module.tempfile)
@@ -188,7 +171,3 @@ def damage(path: Path, how: str) -> None:
     else:
         raise ValueError(how)
     path.write_bytes(bytes(data))
-
-
-def unique_name() -> str:
-    return uuid.uuid4().hex[:8]

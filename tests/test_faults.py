@@ -4,6 +4,7 @@ mid-run and resume bit for bit: tests/test_resume.py.)"""
 
 from __future__ import annotations
 
+import errno
 import math
 import shutil
 import signal
@@ -149,6 +150,19 @@ def test_a_run_on_a_full_disk_stops_in_one_line_and_keeps_its_last_checkpoint(tm
         assert "the previous last.ckpt is intact" in errors[0]
         assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
         assert temporaries(disk) == []
+
+
+def test_a_full_disk_met_by_a_loggers_write_is_one_line_too(capsys):
+    """Writes that are not gptlit's own (TensorBoard's hparams.yaml, the CSV logger) meet a full disk too."""
+    with pytest.raises(SystemExit) as exit_info, exit_on_user_error():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "run/tensorboard/hparams.yaml")
+        except OSError:
+            raise RuntimeError("the logger failed")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: no space left on the device to write run/tensorboard/hparams.yaml; the "
+                                       "checkpoints written so far are intact. Free some space on that disk, or "
+                                       "write elsewhere, and run again\n")
 
 
 # --- last.ckpt at every epoch end, and on a cadence -----------------------------------------------------------

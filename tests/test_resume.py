@@ -53,6 +53,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
     out, err = proc.communicate(timeout=300)
     lines += [part for part in out.replace("\r", "\n").splitlines() if part.startswith("Ep ")]
     assert proc.returncode == 128 + signum, err[-2000:]
+    # Said at once, before the wait: which file is being written, how large, and that Ctrl-C again keeps the old one.
+    assert re.search(r"\nwriting \S+/checkpoints/last\.ckpt \(about 38\.9 MB\); Ctrl-C again stops at once and "
+                     r"keeps the previous checkpoint \.\.\.\n", err), err[-2000:]
     match = re.search(r"Interrupted at step (\d+); checkpoint written to (\S+)\. Resume with:\n  (.+)", err)
     assert match, err[-2000:]
     step = int(match.group(1))

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from gptlit.app.override_keys import check_keys
-from gptlit.errors import find_user_error
+from gptlit.errors import UserError, find_user_error
+from gptlit.files import out_of_space
 from gptlit.training.console import log as console_log
 
 # What Hydra writes into a run directory before the task starts.
@@ -33,12 +34,23 @@ def exit_on_user_error(run_dir: str | Path | None = None) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        user_error = find_user_error(err)
+        user_error = find_user_error(err) or _disk_full(err)
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if run_dir is not None:
             remove_if_only_hydra(Path(run_dir))
         fail(one_line(str(user_error)))
+
+
+def _disk_full(err: BaseException) -> UserError | None:
+    """A full disk met by a write that is not gptlit's own (a logger's files): gptlit's own writes say more
+    (gptlit.files.DiskFull), and every one of them leaves its previous file intact."""
+    cause = out_of_space(err)
+    if cause is None:
+        return None
+    where = f" to write {cause.filename}" if cause.filename else ""
+    return UserError(f"no space left on the device{where}; the checkpoints written so far are intact. Free some "
+                     "space on that disk, or write elsewhere, and run again")
 
 
 def one_line(message: str) -> str:

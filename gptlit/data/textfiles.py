@@ -56,4 +56,6 @@ class TextFilesDataModule(TextDataModule):
             self.token_path = self.build()
         header = read_header(self.token_path, full_check=False)  # build_token_cache has verified it
         split = int(self.train_ratio * header.count)
-        self.set_splits(TokenFile(self.token_path, 0, split, header), TokenFile(self.token_path, split, header.count, header))
+        self.set_splits(
+            TokenFile(self.token_path, 0, split, header), TokenFile(self.token_path, split, header.count, header)
+        )

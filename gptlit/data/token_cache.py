@@ -10,10 +10,10 @@ file lazily: a window costs its own few bytes of memory whatever the corpus size
 A disk can still damage the file later. Its header carries what verifies it: the token count, the vocabulary
 size and a CRC-32 of the tokens (``write_token_file``, which any pipeline writing this format calls). Opening a
 file checks its header and length (a cut-off file fails here) and, up to ``FULL_CHECK_BYTES``, the checksum;
-larger files are too costly to read through on every start, so each window's ids are checked against the
-vocabulary as it is read (garbage bytes almost always make an id out of range; only those checks are left for
-corpora larger than that). A cache that fails at opening is rebuilt, with one line saying so; a damaged
-window is refused with one line.
+larger files are too costly to read through on every start. Every window's ids are checked against the
+vocabulary as it is read, which is what catches damage inside those larger files: garbage bytes almost always
+make an id out of range. A cache that fails at opening is rebuilt, with one line saying so; a damaged window is
+refused with one line.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def write_token_file(path: str | Path, documents: Iterable[np.ndarray], vocab_si
     vocabulary are a bug in the pipeline that made them and are refused before anything is in place.
     """
     sep = None if separator is None else np.array([separator], dtype=TOKEN_DTYPE)
-    count, crc, top = 0, 0, -1
+    count, crc = 0, 0
     with atomic_write(path) as out:
         out.write(b"\0" * HEADER.size)  # filled in once the count and checksum are known
         for i, ids in enumerate(documents):

@@ -46,10 +46,6 @@ class LastCheckpoint(Checkpoint):
         self._saved_time = time.monotonic()
         self._step_seen: int | None = None
 
-    @property
-    def state_key(self) -> str:
-        return f"LastCheckpoint{{{self.path.name}}}"
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._saved_time = time.monotonic()
         self._step_seen = trainer.global_step
