@@ -15,7 +15,7 @@ import hashlib
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -77,6 +77,11 @@ def tokenize_file(job: tuple[Path, str]) -> np.ndarray:
             f"{path} is not valid UTF-8 at byte {err.start}; convert it to UTF-8 or set "
             "data.encoding_errors=replace to replace the bad bytes"
         ) from None
+    return encode_document(text)
+
+
+def encode_document(text: str) -> np.ndarray:
+    """One document's token ids, as gptlit.core.tokenizer.encode gives them, straight into a compact array."""
     # encode_to_numpy skips the Python list of ints that encode builds (about 36 bytes per token); the
     # allowed special token is the one gptlit.core.tokenizer.encode allows.
     return get_tokenizer().encode_to_numpy(text, allowed_special={ENDOFTEXT}).astype(TOKEN_DTYPE)
@@ -110,21 +115,34 @@ def build_token_cache(
         target = cache_dir / f"{cache_key(digests, encoding_errors)}.tokens"
         if target.exists():
             return target
-        cache_dir.mkdir(parents=True, exist_ok=True)
         total = sum(f.stat().st_size for f in files)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
-        separator = np.array([ENDOFTEXT_ID], dtype=TOKEN_DTYPE)
+
+        def documents() -> Iterator[np.ndarray]:
+            # imap keeps file order, so documents land in path order whichever worker finishes first.
+            for path, ids in zip(files, pool.imap(tokenize_file, [(f, encoding_errors) for f in files])):
+                yield ids
+                bar.update(path.stat().st_size)
+
         try:
-            with atomic_write(target) as out:
-                # imap keeps file order, so documents land in path order whichever worker finishes first.
-                documents = pool.imap(tokenize_file, [(f, encoding_errors) for f in files])
-                for i, (path, ids) in enumerate(zip(files, documents)):
-                    if i:
-                        separator.tofile(out)
-                    ids.tofile(out)
-                    bar.update(path.stat().st_size)
+            write_token_cache(target, documents())
         finally:
             bar.close()
+    return target
+
+
+def write_token_cache(target: str | Path, documents: Iterable[np.ndarray]) -> Path:
+    """Write every document's tokens, in order, ``<|endoftext|>`` between documents, to ``target``: under a
+    temporary name renamed into place once complete, so an interrupted write leaves no cache behind. Every
+    corpus reader (data=textfiles, data=hf) writes through here: one file format, one window reader."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    separator = np.array([ENDOFTEXT_ID], dtype=TOKEN_DTYPE)
+    with atomic_write(target) as out:
+        for i, ids in enumerate(documents):
+            if i:
+                separator.tofile(out)
+            ids.astype(TOKEN_DTYPE, copy=False).tofile(out)
     return target
 
 
