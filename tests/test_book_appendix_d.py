@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from gptlit.app.build import fit
 from gptlit.core.tokenizer import get_tokenizer
 
-from .conftest import compose_train
+from .test_configs import compose_train
 
 SIZE = {"emb_dim": 128, "n_heads": 4, "n_layers": 2}
 CONTEXT, EPOCHS = 64, 1
@@ -66,8 +66,8 @@ def test_book_appendix_d_prints_the_books_lines(tmp_path, verdict_path, verdict_
     # The book clipped every step from warmup_steps on, and each of those clips changed the gradients.
     assert len(norms) == len(rates) - warmup_steps and min(norms) > 1.0
     cfg = compose_train(
-        tmp_path, "experiment=book_appendix_d", f"data.path={verdict_path}", f"data.context_length={CONTEXT}",
-        f"trainer.max_epochs={EPOCHS}", *[f"model.{k}={v}" for k, v in SIZE.items()],
+        "experiment=book_appendix_d", f"data.path={verdict_path}", f"data.context_length={CONTEXT}",
+        f"trainer.max_epochs={EPOCHS}", *[f"model.{k}={v}" for k, v in SIZE.items()], run_dir=tmp_path,
     )
     trainer = fit(cfg)
     ours = printed_lines(capsys.readouterr().out)
