@@ -27,7 +27,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -159,6 +159,11 @@ def tokenize_file(job: tuple[Path, str]) -> np.ndarray:
             f"{path} is not valid UTF-8 at byte {err.start}; convert it to UTF-8 or set "
             "data.encoding_errors=replace to replace the bad bytes"
         ) from None
+    return encode_document(text)
+
+
+def encode_document(text: str) -> np.ndarray:
+    """One document's token ids, as gptlit.core.tokenizer.encode gives them, straight into a compact array."""
     # encode_to_numpy skips the Python list of ints that encode builds (about 36 bytes per token); the
     # allowed special token is the one gptlit.core.tokenizer.encode allows.
     return get_tokenizer().encode_to_numpy(text, allowed_special={ENDOFTEXT}).astype(TOKEN_DTYPE)
@@ -192,16 +197,12 @@ def build_token_cache(
         digests = list(pool.imap(file_digest, files, chunksize=16))
         target = cache_dir / f"{cache_key(digests, encoding_errors)}.tokens"
         if target.exists():
-            try:
-                read_header(target)
+            if verified(target):
                 return target
-            except DamagedTokenFile as err:
-                # Derived data: the corpus it came from is at hand, so the cure is to make it again.
-                print(f"warning: {err}; tokenizing the corpus again", file=sys.stderr, flush=True)
         total = sum(f.stat().st_size for f in files)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
 
-        def documents():
+        def documents() -> Iterator[np.ndarray]:
             # imap keeps file order, so documents land in path order whichever worker finishes first.
             for path, ids in zip(files, pool.imap(tokenize_file, [(f, encoding_errors) for f in files])):
                 yield ids
@@ -212,6 +213,19 @@ def build_token_cache(
         finally:
             bar.close()
     return target
+
+
+def verified(target: Path) -> bool:
+    """Whether the token file ``target`` exists and verifies; a damaged one is derived data whose corpus is at
+    hand, so the caller makes it again (with a warning) rather than failing."""
+    if not target.exists():
+        return False
+    try:
+        read_header(target)
+        return True
+    except DamagedTokenFile as err:
+        print(f"warning: {err}; tokenizing the corpus again", file=sys.stderr, flush=True)
+        return False
 
 
 class _InProcess:
