@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -38,22 +39,31 @@ def is_whole_default_run(command: str) -> bool:
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(command, the lines README shows under it) for every `$ ` line inside a code block."""
+    """(command, the lines README shows under it) for every `$ ` line inside a code block; a command whose
+    quotes are still open takes in the following lines."""
     commands, in_block = [], False
     for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             in_block = not in_block
-            continue
-        if not in_block:
-            continue
-        if line.startswith("$ "):
+        elif in_block and line.startswith("$ "):
             commands.append((line[2:], []))
-        elif commands and not line.startswith("```"):
+        elif in_block and commands and not complete(commands[-1][0]):
+            commands[-1] = (commands[-1][0] + "\n" + line, [])
+        elif in_block and commands:
             commands[-1][1].append(line)
     return commands
 
 
-PROGRESS_BAR = re.compile(r"(Training|Validation|Epoch \d+|tokenizing):? ")
+def complete(command: str) -> bool:
+    try:
+        shlex.split(command)
+        return True
+    except ValueError:  # "No closing quotation"
+        return False
+
+
+# A tqdm bar: "Epoch 0:  56%|█████▌    | 5/9 [00:28<00:23, ...", "Training: |          | 0/? [00:00<?, ...".
+PROGRESS_BAR = re.compile(r"[^|]*: *(\d+%)?\|.*\| *\S+/\S+ \[")
 
 
 def terminal_lines(output: str) -> list[str]:
