@@ -41,17 +41,18 @@ def is_whole_default_run(command: str) -> bool:
 def readme_commands() -> list[tuple[str, list[str]]]:
     """(command, the lines README shows under it) for every `$ ` line inside a code block; a command whose
     quotes are still open takes in the following lines."""
-    commands, in_block = [], False
+    commands, current = [], None
     for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
-            in_block = not in_block
-        elif in_block and line.startswith("$ "):
-            commands.append((line[2:], []))
-        elif in_block and commands and not complete(commands[-1][0]):
-            commands[-1] = (commands[-1][0] + "\n" + line, [])
-        elif in_block and commands:
-            commands[-1][1].append(line)
-    return commands
+            current = None  # a block's end ends its last command's output
+        elif line.startswith("$ "):
+            current = [line[2:], []]
+            commands.append(current)
+        elif current and not complete(current[0]):
+            current[0] += "\n" + line
+        elif current:
+            current[1].append(line)
+    return [(command, shown) for command, shown in commands]
 
 
 def complete(command: str) -> bool:
