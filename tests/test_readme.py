@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -38,22 +39,32 @@ def is_whole_default_run(command: str) -> bool:
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(command, the lines README shows under it) for every `$ ` line inside a code block."""
-    commands, in_block = [], False
+    """(command, the lines README shows under it) for every `$ ` line inside a code block; a command whose
+    quotes are still open takes in the following lines."""
+    commands, current = [], None
     for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
-            in_block = not in_block
-            continue
-        if not in_block:
-            continue
-        if line.startswith("$ "):
-            commands.append((line[2:], []))
-        elif commands and not line.startswith("```"):
-            commands[-1][1].append(line)
-    return commands
+            current = None  # a block's end ends its last command's output
+        elif line.startswith("$ "):
+            current = [line[2:], []]
+            commands.append(current)
+        elif current and not complete(current[0]):
+            current[0] += "\n" + line
+        elif current:
+            current[1].append(line)
+    return [(command, shown) for command, shown in commands]
 
 
-PROGRESS_BAR = re.compile(r"(Training|Validation|Epoch \d+|tokenizing):? ")
+def complete(command: str) -> bool:
+    try:
+        shlex.split(command)
+        return True
+    except ValueError:  # "No closing quotation"
+        return False
+
+
+# A tqdm bar: "Epoch 0:  56%|█████▌    | 5/9 [00:28<00:23, ...", "Training: |          | 0/? [00:00<?, ...".
+PROGRESS_BAR = re.compile(r"[^|]*: *(\d+%)?\|.*\| *\S+/\S+ \[")
 
 
 def terminal_lines(output: str) -> list[str]:

@@ -77,7 +77,8 @@ def check_key(override: Override, config: dict, script: str) -> None:
     if override.is_delete():
         raise UserError(f"~{key}: {script} has no setting {key} to remove; {hint}")
     if adds:
-        raise UserError(f"{override.input_line} adds a setting that {script} never reads, so it would change "
+        plus = "++" if override.is_force_add() else "+"
+        raise UserError(f"{plus}{key}={value} adds a setting that {script} never reads, so it would change "
                         f"nothing; {hint}")
     raise UserError(f"{script} has no setting {key}; {hint}")
 

@@ -35,12 +35,16 @@ class RunSummary(L.Callback):
         if stage != "fit" or not trainer.is_global_zero:
             return
         cfg = pl_module.config
-        total = sum(p.numel() for p in pl_module.model.parameters())
-        # GPT-2 ties the output head to the token embedding; its "124M" counts them once.
-        tied = total - pl_module.model.out_head.weight.numel()
+        model = pl_module.model
+        total = sum(p.numel() for p in model.parameters())  # a tied head's weight is counted once
+        if model.out_head.weight is model.tok_emb.weight:
+            size = f"{millions(total)} parameters (the output head is the token embedding, as in GPT-2)"
+        else:
+            # GPT-2 ties its output head to the token embedding; its "124M" counts the two once.
+            tied = total - model.out_head.weight.numel()
+            size = f"{millions(total)} parameters ({millions(tied)} with the output head tied, as GPT-2 counts)"
         processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
         run_dir = shown_path(self.run_dir)
-        show(f"model: {millions(total)} parameters ({millions(tied)} with the output head tied, as GPT-2 counts), "
-             f"{cfg.n_layers} layers, emb_dim {cfg.emb_dim}, context {cfg.context_length}")
+        show(f"model: {size}, {cfg.n_layers} layers, emb_dim {cfg.emb_dim}, context {cfg.context_length}")
         show(f"device: {trainer.strategy.root_device.type}{processes}, precision {trainer.precision}")
         show(f"writing to {run_dir}{os.sep} (tensorboard --logdir {run_dir})")
