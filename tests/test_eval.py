@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 
 import pytest
