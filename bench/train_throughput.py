@@ -204,18 +204,12 @@ def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
 def machine() -> str:
     import torch
 
-    from gptlit.training.precision import cpu_flags
+    from gptlit.training.precision import cpu_info
 
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_flags()
-    isa = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none listed"
+    info = cpu_info()
+    name = info.get("model name", "unknown CPU")
+    flags = set(info.get("flags", "").split())
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none listed"
     return (
         f"{name}, {os.cpu_count()} CPUs ({isa}), {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"

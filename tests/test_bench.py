@@ -15,6 +15,7 @@ TABLE_LINES = {
     "generation.py": "gptlit fp32 tokens identical to the book's: True",
     "profile_step.py": "total (operator self time)",
     "train_throughput.py": "Lightning step vs plain loop:",
+    "hf_tokenize.py": "| 0.2 MB | 1 |",
 }
 
 
@@ -23,8 +24,9 @@ def test_every_benchmark_has_a_smoke_check():
 
 
 @pytest.mark.parametrize("script", sorted(TABLE_LINES))
-def test_benchmark_runs_in_smoke_mode(script):
-    data = [] if script == "generation.py" else ["--data", str(find_verdict())]
+def test_benchmark_runs_in_smoke_mode(script, tmp_path):
+    # What each reads: The Verdict, nothing (generation), or a parquet corpus it writes under --root (hf_tokenize).
+    data = {"generation.py": [], "hf_tokenize.py": ["--root", str(tmp_path)]}.get(script, ["--data", str(find_verdict())])
     # One thread each: on a machine shared with other jobs, torch's thread pools waiting for one another slow a
     # smoke run tenfold.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -78,6 +78,14 @@ def device_name(device: str) -> str:
     model behind a generic name such as "AMD EPYC", but not the flags its kernels dispatch on)."""
     if device == "cuda":
         return torch.cuda.get_device_name()
+    info = cpu_info()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    flags = info.get("flags")
+    return f"{name} [flags {hashlib.sha1(flags.encode()).hexdigest()[:8]}]" if flags else name
+
+
+def cpu_info() -> dict[str, str]:
+    """The kernel's description of the first CPU (model name, flags, ...); empty where there is no /proc/cpuinfo."""
     info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -87,9 +95,7 @@ def device_name(device: str) -> str:
                 break  # the first processor's entry is enough
     except OSError:
         pass
-    name = info.get("model name") or platform.processor() or platform.machine()
-    flags = info.get("flags")
-    return f"{name} [flags {hashlib.sha1(flags.encode()).hexdigest()[:8]}]" if flags else name
+    return info
 
 
 def measure(device: str, shapes: list[tuple[int, int, int, int]]) -> Probe:
