@@ -26,18 +26,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptlit.data.text import TextDataModule
-from gptlit.data.token_cache import TokenFile, cache_key, encode_document, file_digest, write_token_cache
+from gptlit.data.token_cache import TokenFile, cache_key, encode_documents, file_digest, write_token_cache
 from gptlit.errors import UserError
 
 # The file formats datasets reads, by suffix, and the builder that reads them.
 BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow",
             ".txt": "text"}
 ROWS_PER_TASK = 256
-
-
-def tokenize_texts(texts: list[str]) -> tuple[list[np.ndarray], int]:
-    """The token arrays of a batch of documents and their size in UTF-8 bytes (for the progress bar)."""
-    return [encode_document(t) for t in texts], sum(len(t.encode("utf-8")) for t in texts)
 
 
 def ordered_map(pool: Any, fn: Callable, items: Iterable, window: int) -> Iterator:
@@ -227,13 +222,13 @@ class HFDataModule(TextDataModule):
 
         try:
             if workers == 1:
-                write_token_cache(target, documents(map(tokenize_texts, texts())))
+                write_token_cache(target, documents(map(encode_documents, texts())))
             else:
                 # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gptlit.data.token_cache"])
                 with context.Pool(workers) as pool:
-                    write_token_cache(target, documents(ordered_map(pool, tokenize_texts, texts(), 2 * workers)))
+                    write_token_cache(target, documents(ordered_map(pool, encode_documents, texts(), 2 * workers)))
         finally:
             bar.close()
 
