@@ -203,7 +203,7 @@ def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch
     """The norm of all gradients together, clipping them to ``max_norm`` first when it is set, with
     torch.nn.utils.clip_grad_norm_ as the book's appendix D calls it. Under FSDP each rank holds a shard of
     the gradients: the FSDP root computes the norm across ranks."""
-    from torch.distributed.fsdp import FullyShardedDataParallel  # only a run that clips pays for the import
+    from torch.distributed.fsdp import FullyShardedDataParallel  # on first use, not on importing gptlit
 
     root = module.trainer.strategy.model
     if isinstance(root, FullyShardedDataParallel):
