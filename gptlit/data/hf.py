@@ -27,18 +27,13 @@ from tqdm.auto import tqdm
 
 from gptlit.data.text import TextDataModule
 from gptlit.core.tokenizer import get_tokenizer
-from gptlit.data.token_cache import TokenFile, cache_key, encode_document, file_digest, verified, write_token_file
+from gptlit.data.token_cache import TokenFile, cache_key, encode_documents, file_digest, verified, write_token_file
 from gptlit.errors import UserError
 
 # The file formats datasets reads, by suffix, and the builder that reads them.
 BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow",
             ".txt": "text"}
 ROWS_PER_TASK = 256
-
-
-def tokenize_texts(texts: list[str]) -> tuple[list[np.ndarray], int]:
-    """The token arrays of a batch of documents and their size in UTF-8 bytes (for the progress bar)."""
-    return [encode_document(t) for t in texts], sum(len(t.encode("utf-8")) for t in texts)
 
 
 def ordered_map(pool: Any, fn: Callable, items: Iterable, window: int) -> Iterator:
@@ -228,14 +223,14 @@ class HFDataModule(TextDataModule):
 
         try:
             if workers == 1:
-                write_token_file(target, documents(map(tokenize_texts, texts())), get_tokenizer().n_vocab)
+                write_token_file(target, documents(map(encode_documents, texts())), get_tokenizer().n_vocab)
             else:
                 # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gptlit.data.token_cache"])
                 with context.Pool(workers) as pool:
                     write_token_file(
-                        target, documents(ordered_map(pool, tokenize_texts, texts(), 2 * workers)), get_tokenizer().n_vocab
+                        target, documents(ordered_map(pool, encode_documents, texts(), 2 * workers)), get_tokenizer().n_vocab
                     )
         finally:
             bar.close()

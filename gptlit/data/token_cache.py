@@ -162,6 +162,12 @@ def tokenize_file(job: tuple[Path, str]) -> np.ndarray:
     return encode_document(text)
 
 
+def encode_documents(texts: list[str]) -> tuple[list[np.ndarray], int]:
+    """The token arrays of a batch of documents and their size in UTF-8 bytes (for a progress bar). Here, not
+    beside its caller, so that worker processes import this light module only."""
+    return [encode_document(t) for t in texts], sum(len(t.encode("utf-8")) for t in texts)
+
+
 def encode_document(text: str) -> np.ndarray:
     """One document's token ids, as gptlit.core.tokenizer.encode gives them, straight into a compact array."""
     # encode_to_numpy skips the Python list of ints that encode builds (about 36 bytes per token); the

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.distributed.fsdp import FullyShardedDataParallel
 
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.training.nonfinite import NonFiniteGuard
@@ -221,6 +220,8 @@ def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch
     """The norm of all gradients together, clipping them to ``max_norm`` first when it is set, with
     torch.nn.utils.clip_grad_norm_ as the book's appendix D calls it. Under FSDP each rank holds a shard of
     the gradients: the FSDP root computes the norm across ranks."""
+    from torch.distributed.fsdp import FullyShardedDataParallel  # on first use, not on importing gptlit
+
     root = module.trainer.strategy.model
     if isinstance(root, FullyShardedDataParallel):
         return root.clip_grad_norm_(math.inf if max_norm is None else max_norm)
