@@ -95,6 +95,20 @@ def test_unknown_group_option_is_one_line(capsys, argv, message):
     assert err.startswith(message) and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("model.init_from=gpt2", "error: model.init_from is now init_from: a starting point is a training setting"),
+        ("module.eval_freq=5", "error: module.eval_freq is now callbacks.book_schedule.eval_freq: the book's schedule"),
+    ],
+)
+def test_moved_keys_name_their_new_place(capsys, arg, message):
+    with pytest.raises(SystemExit):
+        check_group_choices(ROOT / "conf", [arg])
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
 def test_known_options_and_plain_values_pass():
     check_group_choices(ROOT / "conf", ["model=tiny", "data.path=x=y", "optimizer.lr=1e-3", "trainer=cpu",
                                         "model.n_heads=2", "seed=1"])

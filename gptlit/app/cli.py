@@ -48,8 +48,14 @@ def remove_if_only_hydra(run_dir: Path) -> None:
             run_dir.parent.rmdir()  # the date folder, when this run was its only one
 
 
-# Keys that moved, and where to: the old spelling gets one line naming the new one.
-MOVED_KEYS = {"model.init_from": "init_from"}
+# Keys that moved: the old spelling gets one line naming the new one and why it moved.
+MOVED_KEYS = {
+    "model.init_from": ("init_from", "a starting point is a training setting, not part of the model"),
+    "module.eval_freq": ("callbacks.book_schedule.eval_freq", "the book's schedule is a callback (gptlit/book.py, "
+                         "added by experiment=book_ch5)"),
+    "module.eval_iter": ("callbacks.book_schedule.eval_iter", "the book's schedule is a callback (gptlit/book.py, "
+                         "added by experiment=book_ch5)"),
+}
 
 
 def check_group_choices(config_dir: Path, argv: list[str]) -> None:
@@ -58,8 +64,8 @@ def check_group_choices(config_dir: Path, argv: list[str]) -> None:
     for arg in argv:
         key = arg.lstrip("+~").partition("=")[0]
         if key in MOVED_KEYS:
-            fail(f"{key} is now {MOVED_KEYS[key]}: a starting point is a training setting, not part of the model; "
-                 f"write {arg.lstrip('+~').replace(key, MOVED_KEYS[key], 1)}")
+            new, why = MOVED_KEYS[key]
+            fail(f"{key} is now {new}: {why}; write {arg.lstrip('+~').replace(key, new, 1)}")
         match = re.fullmatch(r"\+{0,2}([a-z_]+)=(.*)", arg)
         if not match or "(" in match.group(2):
             continue  # not a group choice, or a sweep function such as range(...)

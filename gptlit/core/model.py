@@ -32,7 +32,8 @@ class GPTConfig:
     drop_rate: float = 0.1
     qkv_bias: bool = False
     # "sdpa" runs fused attention kernels; "reference" performs the book's explicit masked softmax, which
-    # consumes the random generator exactly as the book does when dropout is on.
+    # consumes the random generator exactly as the book does when dropout is on. Book-only: part of the exact
+    # reproduction that cannot move into gptlit/book.py.
     attention: str = "sdpa"
 
     def __post_init__(self) -> None:

@@ -163,7 +163,8 @@ class Throughput(L.Callback):
     def _interrupt(self, *args) -> None:
         self._last = None
 
-    on_validation_start = on_train_epoch_end = on_train_epoch_start = _interrupt
+    # Lightning's validation loop and gptlit.book.BookSchedule both announce an evaluation with this hook.
+    on_validation_epoch_start = on_train_epoch_end = on_train_epoch_start = _interrupt
 
 
 class FastFloat32Matmuls(L.Callback):

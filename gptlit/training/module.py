@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gptlit.errors import UserError, check_int
+from gptlit.errors import UserError
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.training.console import show
 from gptlit.weights.io import init_model
@@ -37,27 +37,17 @@ class GPTLitModule(L.LightningModule):
         model: GPTConfig | Mapping[str, Any],
         optimizer: OptimizerFactory | None = None,
         init_from: str | None = None,
-        eval_freq: int | None = None,
-        eval_iter: int = 5,
         on_nonfinite: str = "stop",
     ):
-        """``eval_freq=k`` evaluates on the book's schedule instead of through Lightning's validation loop:
-        after optimizer steps 1, 1+k, 1+2k, ... on ``eval_iter`` batches of each split, printed with the book's
-        0-based step numbers (Lightning counts batches from the k-th, so it cannot start at step 1).
-
-        ``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
+        """``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
         already written stay as they are) or "skip" the batch without an optimizer step.
 
-        ``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.io.init_model)."""
+        ``init_from`` starts from the weights of a file or a GPT-2 name (see gptlit.weights.io.init_model).
+        The book's evaluation schedule is a callback, gptlit.book.BookSchedule."""
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise UserError(f"module.on_nonfinite must be stop or skip, got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
-        if eval_freq is not None:
-            check_int("module.eval_freq", eval_freq)
-        check_int("module.eval_iter", eval_iter)
-        self.eval_freq = eval_freq
-        self.eval_iter = eval_iter
         config = GPTConfig.from_any(model)
         self.model = init_model(config, init_from) if init_from else GPTModel(config)
         # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config
@@ -112,6 +102,11 @@ class GPTLitModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        train_loss, val_loss = self.record_evaluation()
+        show(evaluation_line(self.current_epoch + 1, "Step", self.global_step, train_loss, val_loss), self)
+
+    def record_evaluation(self) -> tuple[float, float]:
+        """Reduce the sums of the validation steps over every rank, log them and add them to the history."""
         sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum")
         train_loss, val_loss = (sums[:, 0] / sums[:, 1]).tolist()
         metrics = {
@@ -122,34 +117,16 @@ class GPTLitModule(L.LightningModule):
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
         self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
-        epoch, step = self.current_epoch + 1, self.global_step
-        printed_step = step - 1 if self.eval_freq else step  # the book counts optimizer steps from 0
         self.history.append(
             {
-                "step": step,
-                "epoch": step / max(self.trainer.num_training_batches, 1),
+                "step": self.global_step,
+                "epoch": self.global_step / max(self.trainer.num_training_batches, 1),
                 "tokens_seen": self.tokens_seen,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
             }
         )
-        show(f"Ep {epoch} (Step {printed_step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}", self)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.eval_freq and (self.global_step - 1) % self.eval_freq == 0:
-            self.evaluate_like_the_book()
-
-    @torch.no_grad()
-    def evaluate_like_the_book(self) -> None:
-        """The book's evaluate_model through this module's validation hooks, drawing from the random
-        generator exactly as the book does (one fresh iterator per loader, train first)."""
-        self.model.eval()
-        self.on_validation_epoch_start()
-        for dataloader_idx, loader in enumerate(self.trainer.datamodule.val_dataloader()):
-            for batch_idx, (inputs, targets) in zip(range(self.eval_iter), loader):
-                self.validation_step((inputs.to(self.device), targets.to(self.device)), batch_idx, dataloader_idx)
-        self.on_validation_epoch_end()
-        self.model.train()
+        return train_loss, val_loss
 
     def on_fit_start(self) -> None:
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
@@ -177,6 +154,11 @@ class GPTLitModule(L.LightningModule):
         if self._rng_states is not None and self.trainer.fit_loop.restarted_mid_epoch:
             set_rng_states(self._rng_states)
         self._rng_states = None
+
+
+def evaluation_line(epoch: int, label: str, step: int, train_loss: float, val_loss: float) -> str:
+    """The line the book prints for an evaluation, e.g. ``Ep 1 (Step 000005): Train loss 9.781, Val loss 9.933``."""
+    return f"Ep {epoch} ({label} {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
 
 
 class NonFiniteLossError(UserError):
