@@ -11,6 +11,7 @@ from .conftest import ROOT, find_verdict
 # A line of each script's table, printed at full size and in smoke mode alike.
 TABLE_LINES = {
     "book_ch5.py": "Training completed in",
+    "book_appendix_d.py": "Training completed in",
     "data_pipeline.py": "| corpus | files | tokens | tokenize |",
     "generation.py": "gptlit fp32 tokens identical to the book's: True",
     "profile_step.py": "total (operator self time)",
