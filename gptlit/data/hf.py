@@ -16,6 +16,7 @@ the validation set is ever a training input or target.
 from __future__ import annotations
 
 import glob
+import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -220,15 +221,19 @@ class HFDataModule(TextDataModule):
                 yield from arrays
                 bar.update(size)
 
+        batches = texts()
+        # Starting workers costs seconds; a dataset of a few batches is tokenized here before they would be up.
+        head = list(itertools.islice(batches, 2 * workers))
         try:
-            if workers == 1:
-                write_token_cache(target, documents(map(encode_documents, texts())))
+            if workers == 1 or len(head) < 2 * workers:
+                write_token_cache(target, documents(map(encode_documents, itertools.chain(head, batches))))
             else:
                 # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gptlit.data.token_cache"])
                 with context.Pool(workers) as pool:
-                    write_token_cache(target, documents(ordered_map(pool, encode_documents, texts(), 2 * workers)))
+                    tasks = itertools.chain(head, batches)
+                    write_token_cache(target, documents(ordered_map(pool, encode_documents, tasks, 2 * workers)))
         finally:
             bar.close()
 
