@@ -16,6 +16,7 @@ the validation set is ever a training input or target.
 from __future__ import annotations
 
 import glob
+import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -221,16 +222,20 @@ class HFDataModule(TextDataModule):
                 yield from arrays
                 bar.update(size)
 
+        batches = texts()
+        # Starting workers costs seconds; a dataset of a few batches is tokenized here before they would be up.
+        head = list(itertools.islice(batches, 2 * workers))
         try:
-            if workers == 1:
-                write_token_file(target, documents(map(encode_documents, texts())), get_tokenizer().n_vocab)
+            if workers == 1 or len(head) < 2 * workers:
+                write_token_file(target, documents(map(encode_documents, itertools.chain(head, batches))), get_tokenizer().n_vocab)
             else:
                 # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gptlit.data.token_cache"])
                 with context.Pool(workers) as pool:
+                    tasks = itertools.chain(head, batches)
                     write_token_file(
-                        target, documents(ordered_map(pool, encode_documents, texts(), 2 * workers)), get_tokenizer().n_vocab
+                        target, documents(ordered_map(pool, encode_documents, tasks, 2 * workers)), get_tokenizer().n_vocab
                     )
         finally:
             bar.close()
