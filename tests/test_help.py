@@ -13,7 +13,7 @@ from .conftest import ROOT
 CONF = ROOT / "conf"
 # The groups each entry point composes; generate.py's --help must not offer training's.
 GROUPS = {
-    "train": {"model", "data", "trainer", "optimizer", "decoding", "logger", "callbacks", "experiment"},
+    "train": {"model", "data", "trainer", "optimizer", "scheduler", "decoding", "logger", "callbacks", "experiment"},
     "generate": {"decoding", "model"},
     "eval": {"task", "data", "model"},
     "export": {"model"},
