@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -12,24 +11,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from gptlit.app.cli import check_group_choices, exit_on_user_error
-from gptlit.errors import UserError
+from gptlit.app.cli import check_command_line, exit_on_user_error
+from gptlit.app.source import load_model
 from gptlit.core.generation import DecodingConfig, stream
 from gptlit.core.device import model_device, pick_device
 from gptlit.core.model import GPTModel
 from gptlit.core.tokenizer import decode_stream, encode, get_tokenizer
-from gptlit.weights.io import model_from_weights, read_weights
-
-
-def load_model(cfg: DictConfig) -> GPTModel:
-    if (cfg.ckpt_path is None) == (cfg.pretrained is None):
-        raise UserError("pass exactly one of ckpt_path=path/to/weights and pretrained=gpt2|gpt2-medium|...|/folder")
-    weights = read_weights(cfg.ckpt_path if cfg.ckpt_path is not None else cfg.pretrained)
-    config = None
-    if weights.config is None and cfg.get("model") is not None:
-        # The length of the file's position table decides the context, not the model group's default.
-        config = replace(instantiate(cfg.model), context_length=weights.context_length)
-    return model_from_weights(weights, config)
 
 
 def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingConfig, out=None) -> None:
@@ -46,7 +33,7 @@ def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingCo
 def run(cfg: DictConfig) -> None:
     decoding = instantiate(cfg.decoding)
     device = pick_device(cfg.device)  # a device this machine lacks is refused before the weights are read
-    model = load_model(cfg).to(device).eval()
+    model = load_model(cfg)[0].to(device).eval()
     # Seeded after the model is built (building draws random initial weights), so sampling draws alone decide.
     torch.manual_seed(cfg.seed)
     prompts = (line.rstrip("\n") for line in sys.stdin) if cfg.interactive else [cfg.prompt]
@@ -65,5 +52,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_group_choices(Path(__file__).resolve().parent / "conf", sys.argv[1:])
+    check_command_line(Path(__file__).resolve().parent / "conf", "generate", sys.argv[1:])
     main()

@@ -33,7 +33,10 @@ def main() -> None:
     parser.add_argument("--n-layers", type=int, default=12)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--data", default="data/the-verdict.txt")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model for one epoch: CI's check that this runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.epochs, args.emb_dim, args.n_heads, args.n_layers, args.context = 1, 32, 2, 2, 32
 
     text = Path(args.data).read_text(encoding="utf-8")
     tokenizer = get_tokenizer()

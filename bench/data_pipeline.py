@@ -1,12 +1,14 @@
 """The textfiles pipeline on generated corpora of growing size: throughput, and memory that does not grow.
 
-    python bench/data_pipeline.py [--sizes-mb 50 300] [--workers 2] [--root /tmp/gptlit-bench]
+    python bench/data_pipeline.py [--sizes-mb 50 300] [--workers 2] [--root /tmp/gptlit-bench] [--smoke]
 
 For each size it writes a corpus of ~2 MB .txt files (words of The Verdict drawn at random, so the BPE work is
 that of English prose) under --root, then measures in a fresh process each: tokenizing into the token cache
 (MB/s, tokens/s, peak RSS of the main process and of the busiest worker), finding the cache again on a second
 run (hashing only), and reading every window of the train split through a DataLoader (peak anonymous memory,
 sampled, since the memory-mapped pages the windows touch are page cache that the kernel reclaims at will).
+``--smoke`` runs one 2 MB corpus with one worker in a temporary folder, to check that the script runs
+(tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,28 +103,37 @@ def main() -> None:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[50, 300])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--root", type=Path, default=Path("/tmp/gptlit-bench"))
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "the-verdict.txt", help="where the words come from")
+    parser.add_argument("--smoke", action="store_true", help="one 2 MB corpus, one worker: does the script run?")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, args.root / "cache", args.workers)))
         return
+    if args.smoke:
+        with tempfile.TemporaryDirectory() as root:
+            run(args.data, [FILE_MB], 1, Path(root))
+    else:
+        run(args.data, args.sizes_mb, args.workers, args.root)
 
-    words = (ROOT / "data" / "the-verdict.txt").read_text(encoding="utf-8").split()
+
+def run(data: Path, sizes_mb: list[int], workers: int, root: Path) -> None:
+    words = data.read_text(encoding="utf-8").split()
     rows = []
-    for size in args.sizes_mb:
-        folder = args.root / f"corpus-{size}mb"
+    for size in sizes_mb:
+        folder = root / f"corpus-{size}mb"
         generate(folder, size, words)
         # A cold cache each time, so every size pays for its tokenization.
-        for old in (args.root / "cache").glob("*.tokens"):
+        for old in (root / "cache").glob("*.tokens"):
             old.unlink()
         out = subprocess.run(
-            [sys.executable, __file__, "--measure", str(folder), "--root", str(args.root), "--workers", str(args.workers)],
+            [sys.executable, __file__, "--measure", str(folder), "--root", str(root), "--workers", str(workers)],
             check=True, capture_output=True, text=True, cwd=ROOT,
         )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
 
-    print(f"\n{args.workers} tokenizer worker processes; windows of 1024 tokens, batches of 32\n")
+    print(f"\n{workers} tokenizer worker processes; windows of 1024 tokens, batches of 32\n")
     print("| corpus | files | tokens | tokenize | MB/s | tokens/s | RSS after imports -> peak, main / worker "
           "| cache found again "
           "| read all windows | anon. memory while reading |")

@@ -1,10 +1,12 @@
 """Decoding speed: the book's generate_text_simple against gptlit's cached generate, side by side in one run.
 
-    python bench/generation.py [--new-tokens 200] [--reps 3] [--threads N] [--no-bf16]
+    python bench/generation.py [--new-tokens 200] [--reps 3] [--threads N] [--no-bf16] [--smoke]
 
 GPT-2 124M (random weights: speed does not depend on their values), batch 1, prompt "Every effort moves you".
 Prints tokens/s of both (median of --reps runs after a warm-up), their ratio, and the memory-bandwidth floor:
-the weight bytes one token must read, over the copy bandwidth measured in this same run.
+the weight bytes one token must read, over the copy bandwidth measured in this same run. ``--smoke`` decodes a
+few tokens of a tiny model and measures the bandwidth on 16 MiB, to check that the script runs
+(tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -25,18 +27,13 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel  # noqa: E402
 from llms_from_scratch.ch04 import generate_text_simple as book_generate_text_simple  # noqa: E402
 
 from gptlit.core.generation import generate  # noqa: E402
-from gptlit.core.model import GPTModel  # noqa: E402
+from gptlit.core.model import GPTConfig, GPTModel  # noqa: E402
 from gptlit.core.tokenizer import text_to_token_ids  # noqa: E402
+from gptlit.weights.io import MODEL_SIZES  # noqa: E402
 
-GPT_CONFIG_124M = {
-    "vocab_size": 50257,
-    "context_length": 1024,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
+# The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys); conf/model/tiny.yaml for --smoke.
+GPT_CONFIG_124M = GPTConfig().to_dict()
+SMOKE_CONFIG = GPTConfig(context_length=64, **MODEL_SIZES["tiny"]).to_dict()
 
 
 def copy_bandwidth(n_bytes: int = 1 << 30, reps: int = 5) -> float:
@@ -82,18 +79,23 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-weights run of gptlit")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every decoder (default: torch's)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model, a few tokens: does the script run?")
     args = parser.parse_args()
+    config = SMOKE_CONFIG if args.smoke else GPT_CONFIG_124M
+    n_bytes = 1 << 24 if args.smoke else 1 << 30
+    if args.smoke:
+        args.new_tokens, args.reps = 5, 1
     if args.threads:
         # On a shared machine, one thread per decoder avoids threads waiting on each other for a busy core.
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(123)
-    book = BookGPTModel(GPT_CONFIG_124M).eval()
-    ours = GPTModel(GPT_CONFIG_124M).eval()
+    book = BookGPTModel(config).eval()
+    ours = GPTModel(config).eval()
     ours.load_state_dict(book.state_dict())
     idx = text_to_token_ids("Every effort moves you")
     n = args.new_tokens
-    ctx = GPT_CONFIG_124M["context_length"]
+    ctx = config["context_length"]
 
     runs = {
         "book generate_text_simple": lambda: book_generate_text_simple(book, idx, n, ctx),
@@ -101,14 +103,14 @@ def main() -> None:
     }
     ours_bf16 = None
     if not args.no_bf16:
-        ours_bf16 = GPTModel(GPT_CONFIG_124M).eval()
+        ours_bf16 = GPTModel(config).eval()
         ours_bf16.load_state_dict(book.state_dict())
         ours_bf16 = ours_bf16.to(torch.bfloat16)
         runs["gptlit generate (KV cache), bf16 weights"] = lambda: generate(ours_bf16, idx, n, ctx)
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start")
-    bandwidth, reading = copy_bandwidth(), read_bandwidth()
+    bandwidth, reading = copy_bandwidth(n_bytes), read_bandwidth(n_bytes)
     # Warm-up: first calls allocate and pick kernels.
     book_generate_text_simple(book, idx, 10, ctx)
     generate(ours, idx, 10, ctx)
@@ -125,13 +127,15 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     results = {name: n / statistics.median(t) for name, t in times.items()}
     # Measured again after the runs, best kept: other processes on the machine only ever slow a measurement.
-    bandwidth, reading = max(bandwidth, copy_bandwidth()), max(reading, read_bandwidth())
+    bandwidth, reading = max(bandwidth, copy_bandwidth(n_bytes)), max(reading, read_bandwidth(n_bytes))
 
     book_tps = results["book generate_text_simple"]
     fp32_bytes = bytes_per_token(ours)
-    print(f"GPT-2 124M, batch 1, prompt 'Every effort moves you', {n} new tokens, median of {args.reps} runs")
-    print(f"copy bandwidth (read + write of a 1 GiB tensor): {bandwidth / 1e9:.1f} GB/s; "
-          f"read bandwidth (sum of a 1 GiB tensor): {reading / 1e9:.1f} GB/s")
+    size = f"{n_bytes >> 20} MiB"
+    print(f"{'tiny model (smoke)' if args.smoke else 'GPT-2 124M'}, batch 1, prompt 'Every effort moves you', {n} new "
+          f"tokens, median of {args.reps} runs")
+    print(f"copy bandwidth (read + write of a {size} tensor): {bandwidth / 1e9:.1f} GB/s; "
+          f"read bandwidth (sum of a {size} tensor): {reading / 1e9:.1f} GB/s")
     print(f"{'decoder':45s} {'tokens/s':>9s} {'vs book':>8s} {'floor tok/s':>12s} {'of floor':>9s}")
     for name, tps in results.items():
         model_bytes = bytes_per_token(ours_bf16) if "bf16" in name else fp32_bytes

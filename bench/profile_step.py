@@ -1,20 +1,20 @@
 """Where the time of one training step goes: torch.profiler over gptlit's step, grouped by kind of work.
 
-    python bench/profile_step.py [--steps 2] [--override trainer.precision=bf16-mixed] [--table]
+    python bench/profile_step.py [--steps 2] [--override trainer.precision=bf16-mixed] [--table] [--smoke]
 
 The step is the plain loop of train_throughput.py (GPT-2 124M, context 256, batch 2, the default config plus the
 overrides), so the groups add up to what that benchmark times. Each ATen operator's own time (not counting the
-operators it calls) goes to one group, so no time is counted twice.
+operators it calls) goes to one group, so no time is counted twice. The parts come from gptlit.app.build, as
+train.py builds them. ``--smoke`` profiles one step of a tiny model at context 32, to check that the script runs
+(tests/test_bench.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections import defaultdict
-from contextlib import nullcontext
 
-from train_throughput import ROOT, batches, compose_config
+from train_throughput import ROOT, SMOKE_OVERRIDES, build_run, plain_step
 
 # First match wins; an operator matching none is "other".
 GROUPS = (
@@ -45,34 +45,17 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "data" / "the-verdict.txt"))
     parser.add_argument("--override", action="append", default=[], help="a Hydra override (repeatable)")
     parser.add_argument("--table", action="store_true", help="also print the profiler's top operators")
+    parser.add_argument("--smoke", action="store_true", help="one step of a tiny model: does the script run?")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.override = 1, [*SMOKE_OVERRIDES, *args.override]
 
     import torch
-    from hydra.utils import instantiate
     from torch.profiler import ProfilerActivity, profile
 
-    from gptlit.core.model import GPTModel
-    from gptlit.training.module import cross_entropy
-    from gptlit.training.precision import precision_dtype
-
-    with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_config(args.data, args.override, run_dir)
-    data = instantiate(cfg.data)
-    data.setup()
-    stream = batches(data.train_dataloader())
-    torch.manual_seed(cfg.seed)
-    model = GPTModel(instantiate(cfg.model)).train()
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    precision = str(cfg.trainer.precision)
-    autocast = torch.autocast("cpu", dtype=precision_dtype(precision)) if precision.endswith("-mixed") else nullcontext()
-
-    def step() -> None:
-        inputs, targets = next(stream)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = cross_entropy(model(inputs), targets)
-        loss.backward()
-        optimizer.step()
+    cfg, datamodule, module, _ = build_run(args.data, args.override)
+    step = plain_step(cfg, datamodule, module, torch.device("cpu"))
+    precision = cfg.trainer.precision
 
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -1,21 +1,24 @@
 """Training throughput of GPT-2 124M in the book's chapter-5 setting: the book's code against gptlit.
 
-    python bench/train_throughput.py [--rounds 16] [--steps 1] [--warmup 2] [--override trainer.precision=32-true]
+    python bench/train_throughput.py [--rounds 16] [--steps 1] [--warmup 2] [--override trainer.precision=32-true] [--smoke]
 
 Three contenders train on The Verdict (context 256, batch 2, drop_rate 0.1, AdamW lr 4e-4 weight decay 0.1):
 
 - book: the book's ``GPTModel`` (llms_from_scratch.ch04) and its training step (``calc_loss_batch``, then
   zero_grad, backward, step) in fp32, with AdamW as the book builds it;
 - plain: gptlit's GPTModel, optimizer and precision from the default config, in a bare PyTorch loop;
-- lightning: gptlit's real path: the config composed from conf/, GPTLitModule and a Trainer instantiated as
-  train.py does, with evaluation, checkpoints, logger and progress bar off so that only steps run.
+- lightning: gptlit's real path: the config composed from conf/ and built by gptlit.app.build as train.py
+  builds it, with evaluation, checkpoints, logger and progress bar off so that only steps run.
+
+Both gptlit contenders take their parts from gptlit.app.build, so they measure what train.py runs.
 
 Each runs in a process of its own (so its peak RSS is its own) and the three take turns: every round each one
 runs ``--steps`` steps while the others wait, so a load that comes and goes on a shared machine hits all of them
 alike, and each ratio is the median over rounds of the ratio within a round. A step is timed from fetching its
 batch to the end of the optimizer step (Lightning: from one batch's start hook to the next one's). The table
 gives the median step, tokens/s, ratios, and MFU against the fp32 and bf16 matmul rates measured on the machine
-in the same run (FLOPs per token as gptlit/throughput.py counts them).
+in the same run (FLOPs per token as gptlit/training/throughput.py counts them). ``--smoke`` runs one round of
+one step of a tiny model at context 32, to check that the script runs (tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -35,16 +38,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BOOK_CFG = {
-    "vocab_size": 50257,
-    "context_length": 256,
-    "emb_dim": 768,
-    "n_heads": 12,
-    "n_layers": 12,
-    "drop_rate": 0.1,
-    "qkv_bias": False,
-}
 KINDS = ("book", "plain", "lightning")
+# A datasheet peak: the Lightning run then skips measuring the matmul rate when fit starts.
+SMOKE_OVERRIDES = ["model=tiny", "data.context_length=32", "callbacks.throughput.peak_flops=1e12"]
+# The callbacks that stay in the timed Lightning run: throughput is part of every default run, so its cost counts.
+TIMED_CALLBACKS = ("throughput", "fast_float32_matmuls")
+TIMED_TRAINER = ["~logger", "+trainer.enable_checkpointing=false", "+trainer.enable_progress_bar=false",
+                 "+trainer.enable_model_summary=false", "trainer.limit_val_batches=0", "trainer.max_epochs=-1",
+                 "trainer.max_steps=1000000000"]
 
 
 def peak_rss_bytes() -> int:
@@ -60,6 +61,21 @@ def compose_config(data_path: str, overrides: list[str], run_dir: str):
     register_resolver()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[f"data.path={data_path}", f"run_dir={run_dir}", *overrides])
+
+
+def build_run(data_path: str, overrides: list[str], keep_callbacks: tuple[str, ...] | None = None):
+    """The datamodule, module and trainer that train.py builds from these overrides (gptlit.app.build);
+    ``keep_callbacks`` names the entries of conf/callbacks to keep (default: all)."""
+    from omegaconf import open_dict
+
+    from gptlit.app.build import build
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = compose_config(data_path, overrides, run_dir)
+        if keep_callbacks is not None:
+            with open_dict(cfg):
+                cfg.callbacks = {k: v for k, v in cfg.callbacks.items() if k in keep_callbacks}
+        return cfg, *build(cfg)
 
 
 def batches(loader):
@@ -84,18 +100,18 @@ def serve(conn, step) -> None:
         conn.send(("times", times))
 
 
-def book_worker(conn, data_path: str) -> None:
+def book_worker(conn, data_path: str, config: dict) -> None:
     import torch
     from llms_from_scratch.ch04 import GPTModel
     from llms_from_scratch.ch05 import calc_loss_batch
 
     from gptlit.data.text import TextDataModule
 
-    data = TextDataModule(data_path, context_length=256, batch_size=2)
+    data = TextDataModule(data_path, context_length=config["context_length"], batch_size=2)
     data.setup()
     stream = batches(data.train_dataloader())
     torch.manual_seed(123)
-    model = GPTModel(BOOK_CFG)
+    model = GPTModel(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0004, weight_decay=0.1)
 
@@ -109,28 +125,16 @@ def book_worker(conn, data_path: str) -> None:
     serve(conn, step)
 
 
-def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
+def plain_step(cfg, datamodule, module, device):
+    """gptlit's training step in a bare PyTorch loop, over parts built by gptlit.app.build; returns the loss."""
     import torch
-    from hydra.utils import instantiate
 
-    from gptlit.core.model import GPTModel
     from gptlit.training.module import cross_entropy
-    from gptlit.core.device import resolve_device_type
     from gptlit.training.precision import precision_dtype
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_config(data_path, overrides, run_dir)
-    device = torch.device(resolve_device_type(cfg.trainer.accelerator))
-    if device.type == "cuda":
-        # What the FastFloat32Matmuls callback does in the Lightning run.
-        torch.set_float32_matmul_precision("high")
-    data = instantiate(cfg.data)
-    data.setup()
-    stream = batches(data.train_dataloader())
-    torch.manual_seed(cfg.seed)
-    model = GPTModel(instantiate(cfg.model)).to(device)
-    model.train()
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    stream = batches(datamodule.train_dataloader())
+    model = module.model.to(device).train()
+    optimizer = module.configure_optimizers()
     # `--variant compiled=+compile=true` measures torch.compile.
     forward = torch.compile(model) if cfg.get("compile") else model
     precision = str(cfg.trainer.precision)
@@ -138,24 +142,33 @@ def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
     mixed = precision.endswith("-mixed")
     autocast = torch.autocast(device.type, dtype=precision_dtype(precision)) if mixed else nullcontext()
 
-    def step() -> None:
+    def step():
         inputs, targets = (t.to(device) for t in next(stream))
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = cross_entropy(forward(inputs), targets)
         loss.backward()
         optimizer.step()
-        # Lightning's progress bar reads the loss every step; reading it here syncs the device alike.
-        loss.item()
+        return loss
 
-    serve(conn, step)
+    return step
+
+
+def plain_worker(conn, data_path: str, overrides: list[str]) -> None:
+    import torch
+
+    cfg, datamodule, module, trainer = build_run(data_path, overrides)
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        # What the FastFloat32Matmuls callback does in the Lightning run.
+        torch.set_float32_matmul_precision("high")
+    step = plain_step(cfg, datamodule, module, device)
+    # Lightning's progress bar reads the loss every step; reading it here syncs the device alike.
+    serve(conn, lambda: step().item())
 
 
 def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
     import lightning as L
-    from hydra.utils import instantiate
-
-    from gptlit.training.module import GPTLitModule
 
     class Pacer(L.Callback):
         """Times each step from its start hook to the next one's and hands the parent control between blocks."""
@@ -180,45 +193,23 @@ def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
                 self.todo, self.times = n, []
             self.started = time.perf_counter()
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        cfg = compose_config(data_path, overrides, run_dir)
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(cfg.data)
-        module = GPTLitModule(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
-        # The throughput callback stays: it is part of every default run, so its cost is measured too.
-        callbacks = [Pacer(), instantiate(cfg.callbacks.throughput), instantiate(cfg.callbacks.fast_float32_matmuls)]
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=callbacks,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_val_batches=0,
-            max_epochs=-1,
-            max_steps=10**9,
-        )
-        try:
-            trainer.fit(module, datamodule=datamodule)
-        except SystemExit:
-            pass
+    _, datamodule, module, trainer = build_run(data_path, [*overrides, *TIMED_TRAINER], TIMED_CALLBACKS)
+    trainer.callbacks.insert(0, Pacer())
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except SystemExit:
+        pass
 
 
 def machine() -> str:
     import torch
 
-    from gptlit.training.precision import cpu_flags
+    from gptlit.training.precision import cpu_info
 
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    flags = cpu_flags()
-    isa = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none listed"
+    info = cpu_info()
+    name = info.get("model name", "unknown CPU")
+    flags = set(info.get("flags", "").split())
+    isa = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags) or "none listed"
     return (
         f"{name}, {os.cpu_count()} CPUs ({isa}), {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
@@ -242,12 +233,21 @@ def main() -> None:
         metavar="NAME=OVERRIDE[,OVERRIDE...]",
         help="one more plain loop with these overrides on top, to measure one lever (repeatable)",
     )
+    parser.add_argument("--smoke", action="store_true", help="one step of a tiny model: does the script run?")
     args = parser.parse_args()
+    matmul_size = 256 if args.smoke else 2048
+    if args.smoke:
+        args.rounds, args.steps, args.warmup = 1, 1, 1
+        args.override = [*SMOKE_OVERRIDES, *args.override]
 
     import torch
 
     from gptlit.core.model import GPTConfig
     from gptlit.training.throughput import measure_matmul_flops, training_flops_per_token
+    from gptlit.weights.io import MODEL_SIZES
+
+    # The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys) at context 256; conf/model/tiny.yaml.
+    book_cfg = GPTConfig(context_length=32, **MODEL_SIZES["tiny"]) if args.smoke else GPTConfig(context_length=256)
 
     with tempfile.TemporaryDirectory() as run_dir:
         precision = compose_config(args.data, args.override, run_dir).trainer.precision
@@ -257,7 +257,7 @@ def main() -> None:
 
     ctx = mp.get_context("spawn")
     targets = {
-        "book": (book_worker, (args.data,)),
+        "book": (book_worker, (args.data, book_cfg.to_dict())),
         "plain": (plain_worker, (args.data, args.override)),
         "lightning": (lightning_worker, (args.data, args.override)),
     }
@@ -288,7 +288,7 @@ def main() -> None:
 
     def measure_rates() -> None:
         for dtype, found in rates.items():
-            found.append(measure_matmul_flops("cpu", dtype))
+            found.append(measure_matmul_flops("cpu", dtype, size=matmul_size))
 
     measure_rates()
     for kind in conns:
@@ -306,12 +306,12 @@ def main() -> None:
         rss[kind] = conn.recv()[1]
         procs[kind].join(timeout=60)
 
-    tokens = 2 * 256
-    flops = training_flops_per_token(GPTConfig.from_any(BOOK_CFG)) * tokens
+    tokens = 2 * book_cfg.context_length
+    flops = training_flops_per_token(book_cfg) * tokens
     fp32, bf16 = max(rates[torch.float32]), max(rates[torch.bfloat16])
     print()
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
-    print(f"matmul rate (2048^3, best of both measurements): fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s")
+    print(f"matmul rate ({matmul_size}^3, best of both measurements): fp32 {fp32 / 1e9:.0f} GFLOP/s, bf16 {bf16 / 1e9:.0f} GFLOP/s")
     print(f"model FLOPs per step: {flops / 1e9:.0f} GFLOP = {tokens} tokens x (6 N + 12 L T d) per token")
     print()
     print(f"{'':34} {'median step':>11} {'tokens/s':>9} {'IQR tokens/s':>15} {'MFU fp32':>9} {'MFU bf16':>9} {'peak RSS':>9}")

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from gptlit.errors import check_int
+from gptlit.training.console import show
 from gptlit.training.module import GPTLitModule, evaluation_line
 
 
@@ -75,6 +76,6 @@ class BookSchedule(L.Callback):
         pl_module.model.train()
         # The book counts optimizer steps from 0.
         step = trainer.global_step - 1
-        pl_module.print(evaluation_line(trainer.current_epoch + 1, self.label, step, train_loss, val_loss))
+        show(evaluation_line(trainer.current_epoch + 1, self.label, step, train_loss, val_loss), pl_module)
         for callback in others:
             callback.on_validation_epoch_end(trainer, pl_module)

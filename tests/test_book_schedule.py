@@ -57,8 +57,8 @@ def test_throughput_leaves_the_books_evaluations_out(tmp_path, monkeypatch):
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, *args):
-            if "perf/tokens_per_sec" in trainer.callback_metrics:
-                seen.append(trainer.callback_metrics["perf/tokens_per_sec"].item())
+            if "train/tokens_per_sec" in trainer.callback_metrics:
+                seen.append(trainer.callback_metrics["train/tokens_per_sec"].item())
 
     module, trainer = run(tmp_path, "trainer.max_steps=7", "callbacks.throughput.window=2",
                           "callbacks.throughput.peak_flops=1e9", extra_callbacks=[Record()])

@@ -7,7 +7,6 @@ import pickle
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -58,7 +57,7 @@ def datamodule(source, cache_dir, **kwargs) -> TextFilesDataModule:
 
 def test_token_file_holds_each_file_tokenized_and_joined_by_endoftext(books, tmp_path):
     dm = datamodule(books, tmp_path / "cache")
-    tokens = np.fromfile(dm.token_path, dtype=np.uint16).tolist()
+    tokens = TokenFile(dm.token_path)[:].tolist()
     assert tokens == expected_tokens(books)
     # The literal <|endoftext|> inside c.txt is the special token, as gptlit.core.tokenizer.encode makes it.
     assert tokens.count(ENDOFTEXT_ID) == 4 + 1
@@ -105,11 +104,11 @@ def test_cache_is_invalidated_when_a_file_changes(books, tmp_path):
     assert path.stat().st_size == stat.st_size
     changed = datamodule(books, tmp_path / "cache").token_path
     assert changed != first
-    assert np.fromfile(changed, dtype=np.uint16).tolist() == expected_tokens(books)
+    assert TokenFile(changed)[:].tolist() == expected_tokens(books)
     (books / "f.txt").write_text("A new book.")
     added = datamodule(books, tmp_path / "cache").token_path
     assert added not in (first, changed)
-    assert np.fromfile(added, dtype=np.uint16).tolist() == expected_tokens(books)
+    assert TokenFile(added)[:].tolist() == expected_tokens(books)
 
 
 def test_bad_corpus_paths_and_bytes_are_user_errors(tmp_path, books):

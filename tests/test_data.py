@@ -1,9 +1,12 @@
+import io
+import urllib.request
+
 import pytest
 import torch
 from llms_from_scratch.ch02 import GPTDatasetV1
 from torch.utils.data import DataLoader
 
-from gptlit.data.text import TextDataModule, TokenWindows
+from gptlit.data.text import VERDICT_URL, TextDataModule, TokenWindows
 from gptlit.errors import UserError
 from gptlit.core.tokenizer import encode, get_tokenizer
 
@@ -109,8 +112,41 @@ def test_bytes_that_are_not_utf8(tmp_path):
     assert len(dm.train_set) > 0
 
 
-def test_missing_file_without_network_says_where_to_put_it(tmp_path):
-    dm = TextDataModule(path=str(tmp_path / "sub" / "the-verdict.txt"), url="http://127.0.0.1:9/none.txt")
+def fake_download(monkeypatch, text):
+    """urlopen answering every URL with ``text``; returns the list of URLs asked for."""
+    fetched = []
+
+    def urlopen(url, timeout):
+        fetched.append(url)
+        return io.BytesIO(text.encode("utf-8"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return fetched
+
+
+def test_a_mistyped_path_is_never_downloaded(tmp_path, monkeypatch, verdict_text):
+    fetched = fake_download(monkeypatch, verdict_text)
+    typo = tmp_path / "the-verdcit.txt"
+    dm = TextDataModule(path=str(typo))  # the default url
+    dm.prepare_data()
+    with pytest.raises(UserError, match=f"data.path {typo} does not exist; point data.path at a UTF-8 text file"):
+        dm.setup("fit")
+    assert fetched == [] and not typo.exists()
+
+
+def test_the_default_corpus_is_downloaded_to_its_default_path(tmp_path, monkeypatch, verdict_text):
+    fetched = fake_download(monkeypatch, verdict_text)
+    monkeypatch.chdir(tmp_path)
+    dm = TextDataModule(context_length=32)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert fetched == [VERDICT_URL]
+    assert (tmp_path / "data" / "the-verdict.txt").read_text(encoding="utf-8") == verdict_text
+
+
+def test_missing_default_corpus_without_network_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dm = TextDataModule(url="http://127.0.0.1:9/none.txt")
     with pytest.raises(UserError, match="could not be downloaded .* put a UTF-8 text file there"):
         dm.prepare_data()
-    assert not (tmp_path / "sub").exists()  # nothing written, not even the folder
+    assert not (tmp_path / "data").exists()  # nothing written, not even the folder

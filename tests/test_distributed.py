@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,7 @@ import pytest
 import torch
 
 from gptlit.data.shard_sampler import BatchShardSampler
-from gptlit.weights.io import read_checkpoint
-
-
+from gptlit.weights.io import read_checkpoint, read_weights
 
 from .conftest import ROOT, compose_config
 
@@ -139,3 +138,38 @@ def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
     checkpointing = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
     for policy in (strategy.kwargs["auto_wrap_policy"], checkpointing):
         assert set(policy._run_policy(gpt, set(), {})) - {gpt} == blocks
+
+
+def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_path, verdict_path):
+    # tests/training_parts.ShardedLikeFSDP makes a block's forward and the state-dict gather collective, as
+    # they are under FSDP: a sample or an export run on rank zero alone would leave rank one waiting (and fail
+    # at the 60 s timeout). Rank one's loss at step 2 is NaN: with module.on_nonfinite=skip both ranks must
+    # skip that update, or the gradient all-reduce pairs a rank that skipped backward with one that did not.
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), "model=tiny", f"data.path={verdict_path}", "data.context_length=32",
+        "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+        "trainer.strategy._target_=tests.training_parts.ShardedLikeFSDP",
+        "trainer.max_steps=6", "+trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+        "trainer.val_check_interval=3", "module.on_nonfinite=skip", "sample.max_new_tokens=5",
+        "+callbacks.nan._target_=tests.training_parts.NonFiniteLoss", "+callbacks.nan.rank=1",
+        "+callbacks.nan.step=2", "+callbacks.record._target_=tests.training_parts.RecordWeights",
+        "+callbacks.record.dirpath=${run_dir}", "callbacks.loss_plot=null", "logger=csv", f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+
+    lines = out.replace("\r", "\n").splitlines()
+    assert sum(line.startswith("Every effort moves you") for line in lines) == 2  # one per epoch, rank zero's
+    skipped = [line for line in lines if "batch skipped" in line]
+    assert skipped == ["warning: training loss of another process is not finite at step 2 (epoch 1, batch 2); "
+                       "batch skipped"]
+    ranks = [json.loads((run_dir / f"weights-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the replicas stayed equal
+    assert ranks[0]["2"] == ranks[0]["1"] and ranks[0]["3"] != ranks[0]["2"]  # step 2 left the weights alone
+
+    final = {k.removeprefix("model."): v for k, v in final_weights(run_dir).items()}
+    for name in ("model.safetensors", "model.pth"):
+        exported = read_weights(run_dir / name).state
+        assert all(torch.equal(exported[k], final[k]) for k in final), name

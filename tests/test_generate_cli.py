@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import generate as generate_py
 from gptlit.errors import UserError, find_user_error
-from gptlit.core.generation import generate
+from gptlit.core.generation import DecodingConfig, generate
 from gptlit.core.model import GPTModel
 from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
 from gptlit.weights.io import model_from_weights, read_weights, save_book_pth
@@ -36,7 +36,8 @@ def run_generate(capsys, *overrides, stdin=None):
 
 def expected_text(model, prompt=PROMPT, new=50, seed=123, **decoding):
     torch.manual_seed(seed)
-    return token_ids_to_text(generate(model.eval(), text_to_token_ids(prompt), new, **decoding)) + "\n"
+    ids = generate(model.eval(), text_to_token_ids(prompt), new, decoding=DecodingConfig(**decoding))
+    return token_ids_to_text(ids) + "\n"
 
 
 @pytest.fixture(scope="module")

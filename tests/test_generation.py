@@ -8,7 +8,16 @@ from llms_from_scratch.ch05 import generate as book_generate
 
 from gptlit.training.callbacks import SampleText
 from gptlit.errors import UserError
-from gptlit.core.generation import DecodingConfig, filter_logits, generate, generate_batch, stream
+from gptlit.core.generation import (
+    DecodingConfig,
+    generate,
+    generate_batch,
+    next_token,
+    sampling_logits,
+    stream,
+    top_k_filter,
+    top_p_filter,
+)
 from gptlit.core.kv_cache import KVCache
 from gptlit.core.model import GPTModel
 
@@ -58,7 +67,8 @@ def test_cached_sampling_equals_uncached_with_top_p_and_a_generator(models):
     ours, _ = models
     idx = prompt(3, batch=3)
     runs = [
-        generate(ours, idx, 30, 16, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7), use_cache=c)
+        generate(ours, idx, 30, 16, decoding=DecodingConfig(temperature=0.8, top_p=0.9),
+                 generator=torch.Generator().manual_seed(7), use_cache=c)
         for c in (True, False)
     ]
     assert torch.equal(*runs)
@@ -77,7 +87,7 @@ def test_cached_logits_match_the_full_forward(models):
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).squeeze(0).tolist()  # noqa: E731
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p)).squeeze(0).tolist()  # noqa: E731
     assert kept(0.4) == [True, False, False, False]
     assert kept(0.75) == [True, True, False, False]
     assert kept(0.85) == [True, True, True, False]
@@ -86,8 +96,43 @@ def test_top_p_keeps_the_smallest_nucleus():
 
 def test_top_k_then_top_p_on_a_batch():
     logits = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]]).log()
-    kept = torch.isfinite(filter_logits(logits, top_k=3, top_p=0.5))
+    kept = torch.isfinite(sampling_logits(logits, DecodingConfig(temperature=1.0, top_k=3, top_p=0.5)))
     assert kept.tolist() == [[False, False, True, True], [True, False, False, False]]
+
+
+@pytest.mark.parametrize("temperature, top_p", [(2.0, 0.75), (0.5, 0.75), (1.4, 0.9), (0.7, 0.3)])
+def test_top_p_takes_the_nucleus_after_the_temperature_like_transformers(temperature, top_p):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.25, 0.6, 0.1]]).log()
+    ours = sampling_logits(logits, DecodingConfig(temperature=temperature, top_p=top_p))
+    theirs = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits.clone()))
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    torch.testing.assert_close(ours.softmax(-1), theirs.softmax(-1))
+
+
+def test_sampling_draws_from_the_tempered_nucleus():
+    # At temperature 2 the probabilities flatten to 0.38, 0.29, 0.21, 0.12: top_p=0.75 keeps three tokens
+    # (before the temperature it would keep two).
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(400, 4)
+    draws = next_token(logits, DecodingConfig(temperature=2.0, top_p=0.75), torch.Generator().manual_seed(0))
+    assert set(draws.flatten().tolist()) == {0, 1, 2}
+
+
+def test_top_k_keeps_ties_at_the_kth_logit_like_the_book():
+    logits = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.5]])
+    assert torch.isfinite(top_k_filter(logits, 2)).tolist() == [[True, False, True, True, False]]
+
+
+def test_generate_takes_a_decoding_config_or_the_books_arguments_not_both(models):
+    ours, _ = models
+    idx = prompt(4)
+    torch.manual_seed(5)
+    books = generate(ours, idx, 6, 16, 1.4, 25)
+    torch.manual_seed(5)
+    assert torch.equal(generate(ours, idx, 6, 16, decoding=DecodingConfig(temperature=1.4, top_k=25)), books)
+    with pytest.raises(TypeError, match="either decoding= or temperature"):
+        generate(ours, idx, 6, 16, temperature=1.4, decoding=DecodingConfig())
 
 
 def test_eos_stops_like_the_book(models):
@@ -141,15 +186,10 @@ def test_stream_yields_each_token_before_computing_the_next(models):
 
 def test_sample_callback_uses_the_cache_and_gives_the_uncached_text(tiny_cfg):
     ours = GPTModel({**tiny_cfg, "context_length": 16}).eval()
-
-    class Holder:
-        model = ours
-        device = torch.device("cpu")
-
     calls = []
     handle = ours.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[1]))
     try:
-        text = SampleText(max_new_tokens=12).sample(Holder())
+        text = SampleText(max_new_tokens=12).sample(ours)
     finally:
         handle.remove()
     assert calls[1:] == [1] * 11
@@ -157,6 +197,23 @@ def test_sample_callback_uses_the_cache_and_gives_the_uncached_text(tiny_cfg):
 
     expected = generate(ours, text_to_token_ids("Every effort moves you"), 12, 16, use_cache=False)
     assert text == token_ids_to_text(expected)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_after_an_epoch_leaves_trainings_random_state_alone(tiny_cfg, device):
+    # The global generators of the CPU and the GPU drive training's dropout: the epoch-end sample must not draw
+    # from them, on the GPU as on the CPU, and its own draws follow its seed.
+    model = GPTModel({**tiny_cfg, "context_length": 16}).to(device).eval()
+    decoding = DecodingConfig(temperature=1.4, top_k=25)
+    states = (torch.get_rng_state(), torch.cuda.get_rng_state() if device == "cuda" else None)
+    first = SampleText(max_new_tokens=8, decoding=decoding, seed=7).sample(model)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    if device == "cuda":
+        assert torch.equal(torch.cuda.get_rng_state(), states[1])
+    assert SampleText(max_new_tokens=8, decoding=decoding, seed=7).sample(model) == first
 
 
 def test_long_prompt_is_cropped_from_the_left_with_a_warning(models):
@@ -190,6 +247,8 @@ def test_bad_decoding_values_are_refused(models, kwargs, message):
     ours, _ = models
     args = {"idx": prompt(3), "max_new_tokens": 3, **kwargs}
     with pytest.raises(UserError, match=message):
+        if "top_p" in args:
+            args["decoding"] = DecodingConfig(top_p=args.pop("top_p"))
         generate(ours, context_size=16, **args)
 
 

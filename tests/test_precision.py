@@ -1,60 +1,122 @@
+import json
+
 import pytest
 import torch
 from hydra.utils import instantiate
 
 from gptlit.training import precision
-from gptlit.training.precision import default_precision, precision_dtype, register_resolver
+from gptlit.training.precision import BF16_MARGIN, Probe, default_precision, precision_dtype
 from tests.conftest import compose_config
 
 
 @pytest.fixture
-def cpu_only(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+def cache(tmp_path, monkeypatch):
+    """An empty probe cache of this test's own, and no probe remembered by the process."""
+    monkeypatch.setenv("GPTLIT_CACHE_DIR", str(tmp_path))
+    precision.probe.cache_clear()
+    yield tmp_path / "precision.json"
+    precision.probe.cache_clear()
 
 
-def fake_cpuinfo(tmp_path, flags: str):
-    path = tmp_path / "cpuinfo"
-    path.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: fpu\n")
-    return path
+@pytest.fixture
+def measured(monkeypatch, cache):
+    """Replace the timing with given rates; counts the measurements made."""
+    calls = []
 
+    def set_rates(fp32: float, bf16: float):
+        def fake(device, shapes):
+            calls.append((device, shapes))
+            return Probe(f"fake {device}", fp32, bf16)
 
-def test_cpu_flags_come_from_the_first_processor(tmp_path):
-    flags = precision.cpu_flags(fake_cpuinfo(tmp_path, "fpu avx512f amx_bf16 amx_tile"))
-    assert flags == {"fpu", "avx512f", "amx_bf16", "amx_tile"}
-    assert precision.cpu_flags(tmp_path / "missing") == set()
+        monkeypatch.setattr(precision, "measure", fake)
+        return calls
+
+    return set_rates
 
 
 @pytest.mark.parametrize(
-    "flags, expected",
+    "fp32, bf16, expected",
     [
-        ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "bf16-mixed"),
-        # AVX512-BF16 without AMX runs bf16 matmuls slower than fp32 ones (bench/README.md).
-        ("fpu avx512f avx512_bf16", "32-true"),
-        ("fpu avx2", "32-true"),
+        (170e9, 750e9, "bf16-mixed"),  # AVX512-BF16 on AMD EPYC: about 4x
+        (259e9, 145e9, "32-true"),  # AVX512-BF16 without AMX on a Sapphire Rapids VM: slower
+        (50e9, 1e9, "32-true"),  # AVX2 only: bf16 emulated
+        (100e9, 100e9 * BF16_MARGIN, "bf16-mixed"),
+        (100e9, 100e9 * BF16_MARGIN * 0.99, "32-true"),  # faster, but not by enough to pay for the casts
     ],
 )
-def test_cpu_precision_follows_amx(monkeypatch, tmp_path, cpu_only, flags, expected):
-    path, read = fake_cpuinfo(tmp_path, flags), precision.cpu_flags
-    monkeypatch.setattr(precision, "cpu_flags", lambda: read(path))
-    for accelerator in ("auto", "cpu"):
-        assert default_precision(accelerator) == expected
-
-
-@pytest.mark.parametrize("capability, expected", [((8, 0), "bf16-mixed"), ((9, 0), "bf16-mixed"), ((7, 5), "32-true")])
-def test_cuda_precision_follows_compute_capability(monkeypatch, capability, expected):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+def test_precision_follows_the_measured_speedup(monkeypatch, measured, fp32, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    measured(fp32, bf16)
+    assert default_precision("cpu") == expected
     assert default_precision("auto") == expected
-    assert default_precision("gpu") == expected
-    assert default_precision("cuda") == expected
 
 
-def test_mps_trains_in_fp32(monkeypatch):
+def test_cuda_is_measured_too(monkeypatch, measured):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
+    calls = measured(60e12, 700e12)
+    assert default_precision("gpu") == "bf16-mixed" and calls[0][0] == "cuda"
+
+
+def test_mps_trains_in_fp32_without_a_probe(monkeypatch, measured):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert default_precision("auto") == "32-true"
-    assert default_precision("mps") == "32-true"
+    calls = measured(1e9, 1e12)
+    assert default_precision("auto") == "32-true" and default_precision("mps") == "32-true"
+    assert calls == []
+
+
+def test_the_probe_is_cached_per_machine_and_shapes(measured, cache, monkeypatch):
+    calls = measured(170e9, 750e9)
+    default_precision("cpu", 768, 50257, 256, 2)
+    precision.probe.cache_clear()  # as a new process would start
+    default_precision("cpu", 768, 50257, 256, 2)
+    assert len(calls) == 1
+    stored = json.loads(cache.read_text())
+    assert [v["bf16_flops"] for v in stored.values()] == [750e9]
+    # Other shapes, or another thread count (a different machine share), are measured anew.
+    default_precision("cpu", 1024, 50257, 256, 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    precision.probe.cache_clear()
+    default_precision("cpu", 768, 50257, 256, 2)
+    assert len(calls) == 3 and len(json.loads(cache.read_text())) == 3
+
+
+def test_a_damaged_cache_is_measured_again_and_rewritten(measured, cache):
+    cache.write_text('{"half a fi')
+    calls = measured(50e9, 1e9)
+    assert default_precision("cpu") == "32-true" and len(calls) == 1
+    assert len(json.loads(cache.read_text())) == 1
+
+
+def test_the_real_probe_times_both_dtypes_on_this_cpu(cache, caplog):
+    caplog.set_level("INFO", logger=precision.__name__)
+    found = precision.probe("cpu", 32, 64, 64)  # clamped up to the smallest sizes the probe times
+    assert found.fp32_flops > 0 and found.bf16_flops > 0
+    assert found.precision == ("bf16-mixed" if found.bf16_flops >= BF16_MARGIN * found.fp32_flops else "32-true")
+    # The log says what was measured and what was chosen.
+    assert f"precision {found.precision}: on " in caplog.text and "GFLOP/s in bf16" in caplog.text
+
+
+def compose_train(*overrides):
+    return compose_config("run_dir=unused", *overrides)
+
+
+@pytest.mark.parametrize("trainer", ["default", "cpu"])
+def test_config_asks_for_the_measured_precision_of_its_own_shapes(measured, trainer):
+    calls = measured(170e9, 750e9)
+    cfg = compose_train(f"trainer={trainer}", "model=gpt355m", "data.context_length=128")
+    assert cfg.trainer.precision == "bf16-mixed"
+    (device, shapes), = calls
+    assert device == "cpu" and shapes[1] == (256, 1024, 4096, 1)  # 2 x 128 tokens, emb_dim 1024
+
+
+@pytest.mark.parametrize("value", ["32-true", "bf16-mixed"])
+def test_explicit_precision_overrides_the_default(measured, value):
+    calls = measured(1.0, 1.0)
+    assert compose_train(f"trainer.precision={value}").trainer.precision == value
+    assert calls == []
 
 
 def test_precision_dtype():
@@ -63,21 +125,6 @@ def test_precision_dtype():
     assert precision_dtype("16-mixed") is torch.float16
     assert precision_dtype("32-true") is torch.float32
     assert precision_dtype(32) is torch.float32
-
-
-def compose_train(*overrides):
-    return compose_config("run_dir=unused", *overrides)
-
-
-@pytest.mark.parametrize("trainer", ["default", "cpu"])
-def test_config_defaults_to_the_machines_precision(trainer):
-    cfg = compose_train(f"trainer={trainer}")
-    assert cfg.trainer.precision == default_precision(cfg.trainer.accelerator)
-
-
-@pytest.mark.parametrize("value", ["32-true", "bf16-mixed"])
-def test_explicit_precision_overrides_the_default(value):
-    assert compose_train(f"trainer.precision={value}").trainer.precision == value
 
 
 def test_configured_adamw_is_fused_and_steps_like_the_books_adamw():

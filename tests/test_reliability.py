@@ -8,14 +8,18 @@ import sys
 import pytest
 import torch
 
+from gptlit.app.build import build
 from gptlit.app.cli import check_group_choices, exit_on_user_error
+from gptlit.app.override_keys import check_keys
 from gptlit.errors import UserError
 from gptlit.files import atomic_write
 from gptlit.training.checkpoint_io import SafeCheckpointIO
-from gptlit.training.module import GPTLitModule, NonFiniteLossError
+from gptlit.training.module import GPTLitModule
+from gptlit.training.nonfinite import NonFiniteLossError
 from gptlit.weights.io import read_checkpoint
 
 from .conftest import ROOT
+from .training_parts import NonFiniteLoss
 
 
 class RunsCode:
@@ -138,26 +142,65 @@ def test_other_errors_keep_their_traceback():
             1 / 0
 
 
-class FakeTrainer:
-    world_size = 1
-    is_global_zero = True
+def fit_with_nonfinite_step(train_cfg, poison, *overrides):
+    datamodule, module, trainer = build(train_cfg("trainer.max_steps=3", "trainer.limit_val_batches=0",
+                                                  "callbacks.export_weights=null", *overrides))
+    trainer.callbacks.append(poison)
+    trainer.fit(module, datamodule=datamodule)
+    return module, trainer
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_loss_stops_or_skips(tiny_cfg, value, monkeypatch):
-    module = GPTLitModule(tiny_cfg)
+def test_non_finite_loss_stops_before_updating_the_weights(train_cfg, value):
+    poison = NonFiniteLoss(2, value=value)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf) at step 2 \(epoch 1, batch 2\)"):
+        fit_with_nonfinite_step(train_cfg, poison)
+    assert all(torch.equal(poison.before[k], poison.after[k]) for k in poison.before)
+
+
+@pytest.mark.parametrize("fused", ["true", "null"])  # the device-side skip of fused AdamW, and the host-side one
+def test_non_finite_loss_skips_the_update(train_cfg, capsys, fused):
+    poison = NonFiniteLoss(2)
+    module, trainer = fit_with_nonfinite_step(train_cfg, poison, "module.on_nonfinite=skip", f"optimizer.fused={fused}")
+    assert trainer.global_step == 3
+    assert all(torch.equal(poison.before[k], poison.after[k]) for k in poison.before)
+    optimizer_steps = {int(state["step"]) for state in trainer.optimizers[0].state.values()}
+    assert optimizer_steps == {2}  # AdamW's own step count left the skipped step out too
+    assert module.tokens_seen == 2 * 2 * 32
+    out = capsys.readouterr().out
+    assert out.count("batch skipped") == 1 and "warning: training loss is nan at step 2 (epoch 1, batch 2)" in out
+
+
+class FakeTrainer:
+    world_size = 1
+    global_step = 0
+    current_epoch = 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_training_step_never_makes_the_host_wait_for_the_gpu(tiny_cfg, monkeypatch, policy):
+    # While torch's sync debug mode is "error", anything that makes the host wait for the GPU (bool(), .item(),
+    # a blocking copy back) raises.
+    module = GPTLitModule(tiny_cfg, on_nonfinite=policy).cuda()
     monkeypatch.setattr(GPTLitModule, "trainer", FakeTrainer(), raising=False)
-    monkeypatch.setattr(module, "log", lambda *a, **k: None)
-    printed = []
-    monkeypatch.setattr(module, "print", lambda *a, **k: printed.append(" ".join(map(str, a))))
-    with torch.no_grad():
-        module.model.out_head.weight.fill_(value)
-    batch = (torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
-    with pytest.raises(NonFiniteLossError, match=r"training loss is (nan|inf) at step 1 \(epoch 1, batch 1\)"):
-        module.training_step(batch, 0)
-    module.on_nonfinite = "skip"
-    assert module.training_step(batch, 0) is None
-    assert printed and "batch skipped" in printed[0]
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
+    optimizer = torch.optim.AdamW(module.parameters(), fused=True)
+    batch = (torch.zeros(2, 8, dtype=torch.long, device="cuda"), torch.ones(2, 8, dtype=torch.long, device="cuda"))
+
+    def step():
+        module.training_step(batch, 0).backward()
+        module.on_before_optimizer_step(optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # the first step creates AdamW's state, copying its step counters to the GPU
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_bad_nonfinite_policy(tiny_cfg):
@@ -192,15 +235,91 @@ def test_train_reports_bad_data_in_one_line_and_leaves_no_run_dir(tmp_path):
 
 def test_resuming_from_another_model_size_names_the_fitting_config(tmp_path, verdict_path):
     from gptlit.core.model import GPTModel
-    from gptlit.weights.io import save_book_pth
 
-    save_book_pth(GPTModel({"context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2}), tmp_path / "big.pth")
+    big = GPTModel({"context_length": 32, "emb_dim": 64, "n_heads": 2, "n_layers": 2})
+    # What a training checkpoint holds, as far as the checks before resuming read it.
+    torch.save({"state_dict": {f"model.{k}": v for k, v in big.state_dict().items()}, "optimizer_states": [],
+                "hyper_parameters": {"model": big.cfg.to_dict()}}, tmp_path / "big.ckpt")
     run_dir = tmp_path / "outputs" / "run"
-    result = run_train(f"data.path={verdict_path}", "data.context_length=32", f"ckpt_path={tmp_path / 'big.pth'}",
+    result = run_train(f"data.path={verdict_path}", "data.context_length=32", f"ckpt_path={tmp_path / 'big.ckpt'}",
                        f"hydra.run.dir={run_dir}")
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {tmp_path / 'big.pth'} does not fit the model")
+    assert line.startswith(f"error: {tmp_path / 'big.ckpt'} does not fit the model")
     assert "tok_emb.weight is [50257, 64] in the file but [50257, 32] in the model" in line
     assert "the file fits model.vocab_size=50257 model.emb_dim=64 model.n_layers=2" in line
     assert not run_dir.exists()
+
+
+def run_script(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        pytest.param("train.py", ["trainer=gpu"], "error: trainer.accelerator=gpu asks for a GPU, but torch sees no "
+                     "GPU on this machine (neither CUDA nor MPS; a CPU-only torch build sees none either); train on "
+                     "the CPU with trainer=cpu, or use the default trainer, which picks the device this machine has",
+                     marks=pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                                              reason="this machine has a GPU")),
+        ("train.py", ["trainer=fsdp", "trainer.accelerator=cpu"], "error: trainer=fsdp needs CUDA GPUs, but this run's "
+         "device is cpu (trainer.accelerator=cpu); run it on a GPU machine, or try data-parallel training on the CPU "
+         "with trainer=ddp trainer.accelerator=cpu"),
+        pytest.param("generate.py", ["device=cuda", "pretrained=gpt2"], "error: device=cuda was asked for, but torch "
+                     "sees no CUDA GPU on this machine (a CPU-only torch build sees none either); use device=auto or "
+                     "device=cpu", marks=NO_CUDA),
+        ("generate.py", ["promt=hi"], "error: generate.py has no setting promt; did you mean prompt=hi?"),
+        ("generate.py", ["+promt=hi"], "error: +promt=hi adds a setting that generate.py never reads, so it would "
+         "change nothing; did you mean prompt=hi?"),
+    ],
+)
+def test_unusable_command_lines_are_one_line_exit_2_and_leave_nothing(tmp_path, verdict_path, script, args, message):
+    run_dir = tmp_path / "outputs" / "run"
+    extra = ["model=tiny", f"data.path={verdict_path}", f"hydra.run.dir={run_dir}"] if script == "train.py" else []
+    result = run_script(script, *extra, *args, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, message + "\n")
+    assert list(tmp_path.iterdir()) == []  # no run directory, nothing in the working directory
+
+
+@pytest.mark.parametrize(
+    "config, argv, message",
+    [
+        ("train", ["lr=1e-3"], "train.py has no setting lr; did you mean optimizer.lr=1e-3?"),
+        ("train", ["+promt=hi"], "+promt=hi adds a setting that train.py never reads, so it would change nothing; "
+         "python train.py --help lists the settings"),
+        ("train", ["model=tiny", "model.n_head=4"], "train.py has no setting model.n_head; did you mean model.n_heads=4?"),
+        ("train", ["-m", "trainer.max_epoch=1,2"], "train.py has no setting trainer.max_epoch; did you mean "
+         "trainer.max_epochs=1,2?"),
+        ("train", ["+seed=1"], "seed is a setting already; write seed=1, without the +"),
+        ("train", ["~loger"], "~loger: train.py has no setting loger to remove; did you mean logger?"),
+        ("train", ["trainer.strategy=ddp"], "train.py has no setting trainer.strategy; to hand trainer's constructor "
+         "an argument its config does not list, write +trainer.strategy=ddp"),
+        ("train", ["callbacks.sample_text.decoding.top_k=5"], "callbacks.sample_text.decoding takes its value from "
+         "decoding; write decoding.top_k=5"),
+        ("generate", ["decoding=sample", "decoding.topk=3"], "generate.py has no setting decoding.topk; did you mean "
+         "decoding.top_k=3?"),
+        ("generate", ["max_tokens=3"], "generate.py has no setting max_tokens; did you mean max_new_tokens=3?"),
+    ],
+)
+def test_mistyped_keys_name_the_key_meant(config, argv, message):
+    with pytest.raises(UserError) as err:
+        check_keys(ROOT / "conf", config, argv)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "config, argv",
+    [
+        ("train", ["model=tiny", "+trainer.limit_train_batches=6", "trainer.max_epochs=2", "hydra.run.dir=x"]),
+        ("train", ["-m", "model=tiny,gpt124m", "optimizer.lr=1e-4,1e-3", "+experiment=book_ch5", "~logger"]),
+        ("train", ["--cfg", "job", "callbacks.loss_plot=null", "data=textfiles", "data.tokenize_workers=1"]),
+        ("generate", ["ckpt_path=x.ckpt", "model=tiny", "model.n_heads=4", "decoding.top_p=0.9", "prompt=a=b"]),
+    ],
+)
+def test_valid_keys_pass(config, argv):
+    check_keys(ROOT / "conf", config, argv)

@@ -1,4 +1,5 @@
-"""A real train.py process, stopped by a real signal, resumes to the same final weights bit for bit."""
+"""A real train.py process, stopped by a real signal or killed outright, resumes to the same final weights bit
+for bit."""
 
 import os
 import re
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from .conftest import ROOT
+from .faults import run_script
 
 ARGS = ["model=tiny", "data.context_length=32", "trainer.max_epochs=2", "trainer.val_check_interval=20",
         "trainer.accelerator=cpu", "callbacks.loss_plot=null"]
@@ -51,6 +53,9 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
     out, err = proc.communicate(timeout=300)
     lines += [part for part in out.replace("\r", "\n").splitlines() if part.startswith("Ep ")]
     assert proc.returncode == 128 + signum, err[-2000:]
+    # Said at once, before the wait: which file is being written, how large, and that Ctrl-C again keeps the old one.
+    assert re.search(r"\nwriting \S+/checkpoints/last\.ckpt \(about 38\.9 MB\); Ctrl-C again stops at once and "
+                     r"keeps the previous checkpoint \.\.\.\n", err), err[-2000:]
     match = re.search(r"Interrupted at step (\d+); checkpoint written to (\S+)\. Resume with:\n  (.+)", err)
     assert match, err[-2000:]
     step = int(match.group(1))
@@ -61,6 +66,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
     assert command[:2] == ["python", "train.py"]
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    # Its own checkpoint directory is where a resumed run belongs: no warning that it is not empty.
+    assert "exists and is not empty" not in resumed.stderr
+    # The run's log holds the resume hint, and the resumed run's lines after it.
+    log = (run_dir / "train.log").read_text()
+    assert f"Resume with:\n  {match.group(3)}\n" in log
+    assert log.rindex("Ep 2 (Step 000140)") > log.index("Resume with:")
     lines += [part for part in resumed.stdout.replace("\r", "\n").splitlines() if part.startswith("Ep ")]
 
     state = final_state(run_dir)
@@ -68,4 +79,26 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
         assert torch.equal(state["state_dict"][name], tensor), name
     for a, b in zip(state["optimizer_states"][0]["state"].values(), expected["optimizer_states"][0]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in ("exp_avg", "exp_avg_sq"))
+    assert lines == expected_lines
+
+
+def test_run_killed_after_an_epoch_resumes_from_its_end(tmp_path, verdict_path, uninterrupted):
+    """kill -9 mid-epoch 2 (no handler runs, nothing is cleaned up): last.ckpt holds the end of epoch 1, and the
+    run resumed from it ends as the uninterrupted one did. (The step cadence: tests/test_faults.py.)"""
+    expected, expected_lines = uninterrupted
+    run_dir = tmp_path / "run"
+    args = [*ARGS, f"data.path={verdict_path}", f"hydra.run.dir={run_dir}"]
+    killed = run_script("train.py", *args, faults=["kill-at-step:80"])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file(), sorted(p.name for p in last.parent.iterdir())
+    assert torch.load(last, weights_only=True)["global_step"] == 72
+    lines = [line for line in killed.stdout.replace("\r", "\n").splitlines() if line.startswith("Ep ")]
+
+    resumed = run_script("train.py", *args, f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    lines += [line for line in resumed.stdout.replace("\r", "\n").splitlines() if line.startswith("Ep ")]
+    state = final_state(run_dir)
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(state["state_dict"][name], tensor), name
     assert lines == expected_lines

@@ -51,9 +51,9 @@ def test_throughput_logs_tokens_per_second_and_mfu(monkeypatch, verdict_path, ti
         enable_model_summary=False,
     )
     trainer.fit(GPTLitModule(cfg), datamodule=data)
-    tokens_per_sec = trainer.callback_metrics["perf/tokens_per_sec"].item()
+    tokens_per_sec = trainer.callback_metrics["train/tokens_per_sec"].item()
     assert tokens_per_sec == pytest.approx(2 * 32 / 0.25)
-    assert trainer.callback_metrics["perf/mfu"].item() == pytest.approx(
+    assert trainer.callback_metrics["train/mfu"].item() == pytest.approx(
         tokens_per_sec * training_flops_per_token(cfg, 32) / 1e9, rel=1e-5
     )
-    assert "perf/tokens_per_sec" in trainer.progress_bar_metrics
+    assert "train/tokens_per_sec" in trainer.progress_bar_metrics

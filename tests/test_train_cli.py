@@ -1,5 +1,6 @@
 """train.py and generate.py run as a user runs them, in subprocesses."""
 
+import re
 import subprocess
 import sys
 
@@ -27,11 +28,21 @@ def run_dir(tmp_path_factory, verdict_path):
         f"hydra.run.dir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout
+    return out, result.stdout, result.stderr
+
+
+PROGRESS_BAR = re.compile(r"(Training|Validation|Epoch \d+):? ")
+
+
+def console_messages(text):
+    """What a terminal keeps of the output: each piece between carriage returns and newlines, without the
+    progress bar's redrawn lines and the blanks that clear them."""
+    pieces = (piece.strip() for piece in re.split(r"[\r\n]", text))
+    return [piece for piece in pieces if piece and not PROGRESS_BAR.match(piece)]
 
 
 def test_prints_the_books_lines(run_dir):
-    _, stdout = run_dir
+    _, stdout, _ = run_dir
     lines = [line.strip() for line in stdout.replace("\r", "\n").splitlines()]
     evals = [line for line in lines if line.startswith("Ep ")]
     assert [e.split(":")[0] for e in evals] == ["Ep 1 (Step 000005)", "Ep 2 (Step 000010)"]
@@ -40,17 +51,51 @@ def test_prints_the_books_lines(run_dir):
 
 
 def test_leaves_tensorboard_scalars_and_text(run_dir):
-    out, _ = run_dir
+    out, _, _ = run_dir
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "val/loss", "val/perplexity", "tokens_seen"):
+    for tag in ("train/loss", "val/loss", "val/perplexity", "train/tokens_seen"):
         assert [e.step for e in events.Scalars(tag)] == [5, 10], tag
+    assert [e.step for e in events.Scalars("train/batch_loss")] == list(range(12))
     assert any(t.startswith("sample") for t in tags["tensors"])
-    assert events.Scalars("tokens_seen")[-1].value == 10 * 2 * 32
+    assert events.Scalars("train/tokens_seen")[-1].value == 10 * 2 * 32
+
+
+def test_tensorboard_opens_on_the_losses(run_dir):
+    # TensorBoard's Time Series tab sorts the tags, groups them by the part before the first "/" and opens the
+    # first two groups: those must be train (its loss first after the per-batch loss) and val.
+    out, _, _ = run_dir
+    scalars = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0}).Reload().Tags()["scalars"]
+    groups = list(dict.fromkeys(tag.split("/")[0] for tag in sorted(scalars)))
+    assert groups == ["train", "val"], groups
+    assert sorted(scalars)[:2] == ["train/batch_loss", "train/loss"]
+
+
+def test_console_opens_with_the_run_summary_and_nothing_else(run_dir):
+    # Before: Lightning's accelerator list, a product tip, a model table and a deprecation warning (16 lines).
+    out, stdout, stderr = run_dir
+    messages = console_messages(stdout + stderr)
+    first_evaluation = next(i for i, m in enumerate(messages) if m.startswith("Ep 1 "))
+    assert first_evaluation == 3, messages[:first_evaluation]
+    model, device, where = messages[:3]
+    assert model == ("model: 3.2M parameters (1.6M with the output head tied, as GPT-2 counts), 2 layers, "
+                     "emb_dim 32, context 32")
+    assert device == "device: cpu, precision 32-true"
+    assert where == f"writing to {out}/ (tensorboard --logdir {out})"
+    for noise in ("available:", "Tip:", "Total params", "LeafSpec", "FLOPs"):
+        assert noise not in stdout + stderr, noise
+
+
+def test_train_log_holds_what_the_console_showed(run_dir):
+    out, stdout, stderr = run_dir
+    logged = [line.split("] ", 1)[1] for line in (out / "train.log").read_text().splitlines()]
+    assert logged == console_messages(stdout + stderr)
+    assert sum(line.startswith("Ep ") for line in logged) == 2
+    assert sum(line.startswith("Every effort moves you") for line in logged) == 2
 
 
 def test_leaves_checkpoints_plot_and_config(run_dir):
-    out, _ = run_dir
+    out, _, _ = run_dir
     for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "loss-plot.png", "loss-plot.pdf",
                  ".hydra/config.yaml"):
         assert (out / name).is_file(), name
@@ -60,7 +105,7 @@ def test_leaves_checkpoints_plot_and_config(run_dir):
 
 
 def test_generate_loads_the_checkpoint(run_dir):
-    out, _ = run_dir
+    out, _, _ = run_dir
     ckpt = out / "checkpoints" / "last.ckpt"
     result = run("generate.py", f"ckpt_path={ckpt}", "prompt=Every effort moves you", "max_new_tokens=12")
     assert result.returncode == 0, result.stderr[-3000:]

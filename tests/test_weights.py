@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gptlit.errors import UserError
@@ -101,6 +102,19 @@ def test_fitting_model_names_gpt124m_and_the_bias_override():
 def test_unknown_sizes_are_spelled_out(tiny_cfg):
     state = GPTModel({**tiny_cfg, "emb_dim": 48, "n_layers": 3}).state_dict()
     assert fitting_model(state).startswith("model.vocab_size=50257 model.emb_dim=48 model.n_layers=3 model.qkv_bias=false")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_tied_head_stays_tied_through_model_safetensors(tmp_path, tiny_cfg, tied):
+    model = GPTModel(tiny_cfg)
+    if tied:
+        model.out_head.weight = model.tok_emb.weight
+    path = save_safetensors(model, tmp_path / "model.safetensors")
+    loaded = model_from_checkpoint(path)
+    assert (loaded.out_head.weight is loaded.tok_emb.weight) == tied
+    assert_same_weights(loaded, model)
+    with safe_open(path, "pt") as f:
+        assert ("out_head.weight" in f.keys()) != tied  # a tied head is stored once
 
 
 def test_missing_file_is_a_user_error(tmp_path):

@@ -8,28 +8,63 @@ to each other.
 from __future__ import annotations
 
 import os
+import re
 import warnings
+from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gptlit.core.device import resolve_device_type, why_unavailable
+from gptlit.errors import UserError
 from gptlit.training.checkpoint_io import SafeCheckpointIO
+from gptlit.training.loggers import log_hyperparameters
 from gptlit.training.module import GPTLitModule
-from gptlit.weights.io import check_fits, read_weights
+from gptlit.weights.io import check_fits, check_same_config, read_resume_checkpoint
 
 
-def quiet_known_warnings() -> None:
+# What GPTLitModule logs at each evaluation, already summed across ranks (GPTLitModule.on_validation_epoch_end).
+EVALUATION_METRICS = ("val/loss", "train/loss", "val/perplexity", "train/tokens_seen", "step")
+
+
+def quiet_known_warnings(cfg: DictConfig) -> None:
     """Lightning warnings about choices gptlit makes on purpose; every other warning still shows."""
     # The train-loss estimate shuffles on purpose (the book's evaluate_model reads the shuffled train loader).
     warnings.filterwarnings("ignore", message=r".*val_dataloader.*shuffling enabled")
     # Lightning looks for state on the dataloader; ours is on the datamodule (TextDataModule.state_dict).
     warnings.filterwarnings("ignore", message=r".*resuming from a checkpoint that ended before the epoch ended")
+    # Lightning's own code calling a torch API that torch deprecated: nothing a user could act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Under DDP: the evaluation losses are reduced across ranks before they are logged, so sync_dist would
+    # only average equal numbers.
+    names = "|".join(re.escape(name) for name in EVALUATION_METRICS)
+    warnings.filterwarnings("ignore", message=rf"It is recommended to use `self\.log\('({names})', \.\.\., sync_dist=True\)`")
+    if cfg.ckpt_path and Path(cfg.ckpt_path).resolve().parent == Path(cfg.run_dir, "checkpoints").resolve():
+        # Resuming in the run's own directory (the command an interrupted run prints): its checkpoints are there
+        # on purpose. A new run into a used directory still gets the warning.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """Refuse, in one line naming the fix, a trainer this machine cannot run, before anything is built."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    missing = why_unavailable(accelerator)
+    if missing:
+        raise UserError(f"trainer.accelerator={accelerator} asks for a GPU, but {missing}; train on the CPU with "
+                        "trainer=cpu, or use the default trainer, which picks the device this machine has")
+    strategy = trainer.get("strategy")
+    strategy_name = str(strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else strategy or "")
+    if "fsdp" in strategy_name.lower() and resolve_device_type(accelerator) != "cuda":
+        raise UserError(f"trainer=fsdp needs CUDA GPUs, but this run's device is {resolve_device_type(accelerator)} "
+                        f"(trainer.accelerator={accelerator}); run it on a GPU machine, or try data-parallel "
+                        "training on the CPU with trainer=ddp trainer.accelerator=cpu")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
     """The datamodule, module and trainer of a run, each from its config group; nothing is trained yet."""
-    quiet_known_warnings()
+    check_trainer(cfg.trainer)
+    quiet_known_warnings(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     if os.environ.get("LOCAL_RANK", "0") == "0":
@@ -37,8 +72,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
         # machine: the others wait for it in Lightning's own prepare_data/setup order.
         datamodule.prepare_data()
         datamodule.setup("fit")
-    # A missing, corrupt or unsafe checkpoint is reported before anything is built or written.
-    resume_from = read_weights(cfg.ckpt_path) if cfg.ckpt_path else None
+    # A missing, damaged, unsafe or weights-only checkpoint is reported before anything is built or written.
+    # Mapped, not read into memory: Lightning restores it whole afterwards, optimizer state included.
+    resume_from = read_resume_checkpoint(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
     module = GPTLitModule(
         instantiate(cfg.model),
         optimizer=instantiate(cfg.optimizer),
@@ -48,6 +84,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     )
     if resume_from is not None:
         check_fits(module.model, resume_from)  # a checkpoint of another size names the model= that fits it
+        check_same_config(module.model.cfg, resume_from)  # n_heads, drop_rate, ...: what shapes do not show
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[SafeCheckpointIO()])
@@ -58,6 +95,6 @@ def fit(cfg: DictConfig) -> L.Trainer:
     """Build the run and train it; returns the trainer for its metrics and paths."""
     datamodule, module, trainer = build(cfg)
     if trainer.logger:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        log_hyperparameters(trainer.logger, OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return trainer

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gptlit.errors import UserError, check_int
+from gptlit.core.device import model_device
 from gptlit.core.kv_cache import KVCache
 from gptlit.core.model import GPTModel
 
@@ -32,8 +33,8 @@ class DecodingConfig:
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise UserError(f"decoding.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k <= 0:
-            raise UserError(f"decoding.top_k must be a positive integer or null, got {self.top_k}")
+        if self.top_k is not None:
+            check_int("decoding.top_k", self.top_k, what="a positive integer or null")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UserError(f"decoding.top_p must be in (0, 1] or null, got {self.top_p}")
 
@@ -45,34 +46,41 @@ class DecodingConfig:
         return asdict(self)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Set every logit outside the top-k, then outside the nucleus of mass top_p, to -inf."""
-    if top_k is not None:
-        top_k = min(top_k, logits.shape[-1])
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p; the first token always stays.
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+def top_k_filter(logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """Set every logit below the k-th largest to -inf (the book's top-k, ties at the k-th kept)."""
+    if top_k is None:
+        return logits
+    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float | None) -> torch.Tensor:
+    """Set every logit outside the smallest set of most likely tokens whose probability reaches ``top_p`` to -inf."""
+    if top_p is None or top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # Drop a token when the tokens ranked above it already reach top_p; the first token always stays.
+    drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sampling_logits(logits: torch.Tensor, decoding: DecodingConfig) -> torch.Tensor:
+    """The logits a sampled token is drawn from (softmax of them): top-k on the raw logits as in the book, then the
+    temperature, then the nucleus of the tempered distribution (the order of transformers and litgpt)."""
+    logits = top_k_filter(logits, decoding.top_k)
+    return top_p_filter(logits.float() / decoding.temperature, decoding.top_p)
 
 
 def next_token(
-    logits: torch.Tensor,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    logits: torch.Tensor, decoding: DecodingConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Pick one token per row of [batch, vocab] logits; returns [batch, 1]."""
-    logits = filter_logits(logits, top_k, top_p)
-    if temperature > 0.0:
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if decoding.temperature > 0.0:
+        probs = torch.softmax(sampling_logits(logits, decoding), dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator)
+    # Greedy: the most likely token survives any top-k or top-p filter, so none is applied.
     return torch.argmax(logits, dim=-1, keepdim=True)
 
 
@@ -172,7 +180,7 @@ def _decode(
         logits = logits_of(idx)
         if step == 0:
             decoding.check_vocab(logits.shape[-1])
-        idx_next = next_token(logits, decoding.temperature, decoding.top_k, decoding.top_p, generator)
+        idx_next = next_token(logits, decoding, generator)
         if decoding.eos_id is not None:
             idx_next = idx_next.masked_fill(finished.unsqueeze(1), decoding.eos_id)
             finished |= idx_next.squeeze(1) == decoding.eos_id
@@ -190,16 +198,22 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int | None = None,
-    top_p: float | None = None,
+    *,
+    decoding: DecodingConfig | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool | None = None,
 ) -> torch.Tensor:
     """Append up to ``max_new_tokens`` tokens to ``idx`` ([batch, n]) with the book's semantics.
 
-    ``generator`` lets a caller sample without touching the global random state. ``use_cache`` None uses the
-    KV cache when the model is a GPTModel; False runs the book's uncached loop, which works for any model.
+    The positional parameters are those of the book's ``generate`` (section 5.3); ``decoding`` passes a whole
+    DecodingConfig (top-p included) instead of ``temperature``, ``top_k`` and ``eos_id``. ``generator`` lets a
+    caller sample without touching the global random state. ``use_cache`` None uses the KV cache when the model
+    is a GPTModel; False runs the book's uncached loop, which works for any model.
     """
-    decoding = DecodingConfig(temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
+    if decoding is None:
+        decoding = DecodingConfig(temperature=temperature, top_k=top_k, eos_id=eos_id)
+    elif (temperature, top_k, eos_id) != (0.0, None, None):
+        raise TypeError("pass either decoding= or temperature/top_k/eos_id, not both")
     new = list(stream(model, idx, max_new_tokens, context_size, decoding, generator, use_cache=use_cache))
     return torch.cat([idx, *new], dim=1) if new else idx
 
@@ -217,7 +231,7 @@ def generate_batch(
     followed by its generated tokens, cut before its first ``eos_id``."""
     if not prompts:
         raise UserError("no prompts were given")
-    device = next(model.parameters()).device
+    device = model_device(model)
     for prompt in prompts:
         if len(prompt) == 0:
             raise UserError('a prompt is empty; pass some text, e.g. prompt="Every effort moves you"')

@@ -3,7 +3,7 @@
 ``path`` is what ``datasets.load_dataset`` takes: a hub name (``roneneldan/TinyStories``, with ``name`` its
 config), a local folder, or a file or glob of parquet, json/jsonl, csv, arrow or text files. Each split is
 tokenized once, in worker processes, into the same uint16 token file that ``data=textfiles`` writes
-(gptlit.data.token_cache.write_token_cache: documents in dataset order, ``<|endoftext|>`` between them). Its name
+(gptlit.data.token_cache.write_token_file: documents in dataset order, ``<|endoftext|>`` between them). Its name
 is a digest of the data: the bytes of local files, the hub's revision of a hub dataset. Rows are read a batch at
 a time and only a few batches are ever in flight, so memory stays flat whatever the dataset's size; local files
 are read in place (no Arrow copy), and ``streaming=True`` reads a hub dataset as it downloads without storing it.
@@ -27,7 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptlit.data.text import TextDataModule
-from gptlit.data.token_cache import TokenFile, cache_key, encode_documents, file_digest, write_token_cache
+from gptlit.core.tokenizer import get_tokenizer
+from gptlit.data.token_cache import TokenFile, cache_key, encode_documents, file_digest, verified, write_token_file
 from gptlit.errors import UserError
 
 # The file formats datasets reads, by suffix, and the builder that reads them.
@@ -197,7 +198,7 @@ class HFDataModule(TextDataModule):
         for role, split in roles.items():
             key = cache_key(["hf", *identity, f"split={split}", f"column={self.text_column}"], "strict")
             target = self.cache_dir / f"{key}.tokens"
-            if not target.exists():
+            if not verified(target):
                 self.tokenize(source, split, target)
             paths[role] = target
         return paths
@@ -226,14 +227,16 @@ class HFDataModule(TextDataModule):
         head = list(itertools.islice(batches, 2 * workers))
         try:
             if workers == 1 or len(head) < 2 * workers:
-                write_token_cache(target, documents(map(encode_documents, itertools.chain(head, batches))))
+                write_token_file(target, documents(map(encode_documents, itertools.chain(head, batches))), get_tokenizer().n_vocab)
             else:
                 # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gptlit.data.token_cache"])
                 with context.Pool(workers) as pool:
                     tasks = itertools.chain(head, batches)
-                    write_token_cache(target, documents(ordered_map(pool, encode_documents, tasks, 2 * workers)))
+                    write_token_file(
+                        target, documents(ordered_map(pool, encode_documents, tasks, 2 * workers)), get_tokenizer().n_vocab
+                    )
         finally:
             bar.close()
 

@@ -7,7 +7,6 @@ A UTF-8 text is split by characters into train and validation parts, each part i
 from __future__ import annotations
 
 import os
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,13 +17,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from gptlit.errors import UserError, check_int
-from gptlit.files import atomic_write
+from gptlit.files import fetch
 from gptlit.data.shard_sampler import BatchShardSampler
 from gptlit.core.tokenizer import encode
 
 VERDICT_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt"
 )
+# The one path that is ever downloaded to: The Verdict's default place. Any other missing path is a mistake.
+DEFAULT_PATH = "data/the-verdict.txt"
 
 
 class TokenWindows(Dataset):
@@ -90,20 +91,13 @@ class ResumableRandomSampler(Sampler[int]):
 
 def download(url: str, path: Path) -> None:
     """Fetch ``url`` into ``path``; a failed download leaves nothing behind."""
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, atomic_write(path) as out:
-            out.write(response.read())
-    except OSError as err:
-        raise UserError(
-            f"{path} is missing and could not be downloaded from {url} ({err.__class__.__name__}); "
-            f"put a UTF-8 text file there or set data.path=/path/to/text.txt"
-        ) from None
+    fetch(url, path, fix="put a UTF-8 text file there or set data.path=/path/to/text.txt")
 
 
 class TextDataModule(L.LightningDataModule):
     def __init__(
         self,
-        path: str = "data/the-verdict.txt",
+        path: str = DEFAULT_PATH,
         context_length: int = 256,
         stride: int | None = None,
         batch_size: int = 2,
@@ -135,7 +129,9 @@ class TextDataModule(L.LightningDataModule):
         self.train_sampler: ResumableRandomSampler | None = None
 
     def prepare_data(self) -> None:
-        if not self.path.exists() and self.url:
+        # A mistyped data.path must not become a fresh copy of The Verdict that the run then trains on: only the
+        # default corpus at its default path is fetched; read_text reports any other missing path.
+        if self.url and not self.path.exists() and self.path.resolve() == Path(DEFAULT_PATH).resolve():
             download(self.url, self.path)
 
     def read_text(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlit.data.text import TextDataModule
-from gptlit.data.token_cache import TokenFile, build_token_cache, find_text_files
+from gptlit.data.token_cache import TokenFile, build_token_cache, find_text_files, read_header
 
 
 class TextFilesDataModule(TextDataModule):
@@ -54,6 +54,8 @@ class TextFilesDataModule(TextDataModule):
         if self.token_path is None:
             # The other ranks find the file prepare_data wrote (hashing the files again to name it).
             self.token_path = self.build()
-        tokens = TokenFile(self.token_path)
-        split = int(self.train_ratio * len(tokens))
-        self.set_splits(TokenFile(self.token_path, 0, split), TokenFile(self.token_path, split, len(tokens)))
+        header = read_header(self.token_path, full_check=False)  # build_token_cache has verified it
+        split = int(self.train_ratio * header.count)
+        self.set_splits(
+            TokenFile(self.token_path, 0, split, header), TokenFile(self.token_path, split, header.count, header)
+        )

@@ -6,6 +6,14 @@ an added or removed file, or another tokenizer names another file, and an unchan
 the previous run. It is written to a temporary name and renamed into place, so a crash never leaves a
 half-written cache that a later run would trust. Tokens are read back through ``TokenFile``, which maps the
 file lazily: a window costs its own few bytes of memory whatever the corpus size.
+
+A disk can still damage the file later. Its header carries what verifies it: the token count, the vocabulary
+size and a CRC-32 of the tokens (``write_token_file``, which any pipeline writing this format calls). Opening a
+file checks its header and length (a cut-off file fails here) and, up to ``FULL_CHECK_BYTES``, the checksum;
+larger files are too costly to read through on every start. Every window's ids are checked against the
+vocabulary as it is read, which is what catches damage inside those larger files: garbage bytes almost always
+make an id out of range. A cache that fails at opening is rebuilt, with one line saying so; a damaged window is
+refused with one line.
 """
 
 from __future__ import annotations
@@ -14,6 +22,10 @@ import glob
 import hashlib
 import multiprocessing
 import os
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -31,9 +43,79 @@ from gptlit.core.tokenizer import (
 )
 
 # Bumped whenever the file layout changes, so caches written by older code are never read.
-CACHE_FORMAT = "gptlit-tokens-v1"
+CACHE_FORMAT = "gptlit-tokens-v2"
 TOKEN_DTYPE = np.uint16
 _READ_CHUNK = 1 << 20
+# magic, format version, vocabulary size, token count, CRC-32 of the token bytes, reserved; little-endian.
+HEADER = struct.Struct("<8sIIQII")
+MAGIC = b"GPTLTOK\0"
+VERSION = 2
+# Files up to this size have their checksum verified whenever they are opened (about 0.4 s per GB here).
+FULL_CHECK_BYTES = 1 << 30
+
+
+class DamagedTokenFile(UserError):
+    """A token file that does not verify: cut short, overwritten, or not a token file at all."""
+
+
+@dataclass(frozen=True)
+class TokenFileHeader:
+    vocab_size: int
+    count: int
+    crc32: int
+
+
+def write_token_file(path: str | Path, documents: Iterable[np.ndarray], vocab_size: int,
+                     separator: int | None = ENDOFTEXT_ID) -> TokenFileHeader:
+    """Write the token ids of ``documents``, in order and joined by ``separator``, as a verifiable token file.
+
+    The file appears whole or not at all (gptlit.files.atomic_write: a full disk is one line). Ids outside the
+    vocabulary are a bug in the pipeline that made them and are refused before anything is in place.
+    """
+    sep = None if separator is None else np.array([separator], dtype=TOKEN_DTYPE)
+    count, crc = 0, 0
+    with atomic_write(path) as out:
+        out.write(b"\0" * HEADER.size)  # filled in once the count and checksum are known
+        for i, ids in enumerate(documents):
+            ids = np.asarray(ids)
+            if ids.size and int(ids.max()) >= vocab_size:
+                raise ValueError(f"token id {int(ids.max())} of document {i} is outside the vocabulary ({vocab_size})")
+            ids = ids.astype(TOKEN_DTYPE, copy=False)
+            for part in ((sep, ids) if i and sep is not None else (ids,)):
+                data = memoryview(np.ascontiguousarray(part)).cast("B")
+                out.write(data)
+                crc = zlib.crc32(data, crc)
+                count += part.size
+        out.seek(0)
+        header = TokenFileHeader(vocab_size, count, crc)
+        out.write(HEADER.pack(MAGIC, VERSION, vocab_size, count, crc, 0))
+    return header
+
+
+def read_header(path: str | Path, full_check: bool | None = None) -> TokenFileHeader:
+    """The header of a token file, once the file's length (and, for files up to FULL_CHECK_BYTES or with
+    ``full_check``, its checksum) agrees with it; DamagedTokenFile says what does not."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(HEADER.size)
+        if len(raw) < HEADER.size:
+            raise DamagedTokenFile(f"token file {path} is cut short ({size} bytes, less than its header)")
+        magic, version, vocab_size, count, crc, _ = HEADER.unpack(raw)
+        if magic != MAGIC or version != VERSION:
+            raise DamagedTokenFile(f"token file {path} has no gptlit token header (overwritten, or not a token file)")
+        expected = HEADER.size + count * np.dtype(TOKEN_DTYPE).itemsize
+        if size != expected:
+            raise DamagedTokenFile(f"token file {path} holds {size} bytes where its header says {expected} "
+                                   f"({count} tokens): it was cut short or appended to")
+        if full_check if full_check is not None else size <= FULL_CHECK_BYTES:
+            actual = 0
+            while chunk := f.read(16 * _READ_CHUNK):
+                actual = zlib.crc32(chunk, actual)
+            if actual != crc:
+                raise DamagedTokenFile(f"token file {path} does not match the checksum it was written with: "
+                                       "bytes in it were changed")
+    return TokenFileHeader(vocab_size, count, crc)
 
 
 def find_text_files(source: str | Path) -> list[Path]:
@@ -108,7 +190,8 @@ def build_token_cache(
     encoding_errors: str = "strict",
     progress: bool = True,
 ) -> Path:
-    """Path of the token file for ``files``; tokenizes them in ``workers`` processes only when it is missing."""
+    """Path of the token file for ``files``; tokenizes them in ``workers`` processes only when it is missing
+    or does not verify."""
     cache_dir = Path(cache_dir)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     # Workers come from a fork server, not a fork of this process: forking a process that already runs
@@ -120,7 +203,8 @@ def build_token_cache(
         digests = list(pool.imap(file_digest, files, chunksize=16))
         target = cache_dir / f"{cache_key(digests, encoding_errors)}.tokens"
         if target.exists():
-            return target
+            if verified(target):
+                return target
         total = sum(f.stat().st_size for f in files)
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
 
@@ -131,25 +215,23 @@ def build_token_cache(
                 bar.update(path.stat().st_size)
 
         try:
-            write_token_cache(target, documents())
+            write_token_file(target, documents(), get_tokenizer().n_vocab)
         finally:
             bar.close()
     return target
 
 
-def write_token_cache(target: str | Path, documents: Iterable[np.ndarray]) -> Path:
-    """Write every document's tokens, in order, ``<|endoftext|>`` between documents, to ``target``: under a
-    temporary name renamed into place once complete, so an interrupted write leaves no cache behind. Every
-    corpus reader (data=textfiles, data=hf) writes through here: one file format, one window reader."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    separator = np.array([ENDOFTEXT_ID], dtype=TOKEN_DTYPE)
-    with atomic_write(target) as out:
-        for i, ids in enumerate(documents):
-            if i:
-                separator.tofile(out)
-            ids.astype(TOKEN_DTYPE, copy=False).tofile(out)
-    return target
+def verified(target: Path) -> bool:
+    """Whether the token file ``target`` exists and verifies; a damaged one is derived data whose corpus is at
+    hand, so the caller makes it again (with a warning) rather than failing."""
+    if not target.exists():
+        return False
+    try:
+        read_header(target)
+        return True
+    except DamagedTokenFile as err:
+        print(f"warning: {err}; tokenizing the corpus again", file=sys.stderr, flush=True)
+        return False
 
 
 class _InProcess:
@@ -166,14 +248,17 @@ class _InProcess:
 
 
 class TokenFile:
-    """Tokens ``start:stop`` of a token file, sliced like an array and mapped into memory on first use.
+    """Tokens ``start:stop`` of a token file, sliced like an array and mapped into memory on first use; every
+    slice read is checked against the vocabulary the header names.
 
     Pickling (DataLoader workers under spawn) carries the path and the range, never the tokens.
     """
 
-    def __init__(self, path: str | Path, start: int = 0, stop: int | None = None):
+    def __init__(self, path: str | Path, start: int = 0, stop: int | None = None, header: TokenFileHeader | None = None):
+        """``header`` is what read_header returned, when the caller has verified the file already."""
         self.path = Path(path)
-        total = self.path.stat().st_size // np.dtype(TOKEN_DTYPE).itemsize
+        self.header = header or read_header(self.path)
+        total = self.header.count
         self.start = start
         self.stop = total if stop is None else stop
         if not 0 <= self.start <= self.stop <= total:
@@ -190,8 +275,15 @@ class TokenFile:
             # An empty file cannot be memory-mapped; it holds no window anyway.
             if len(self) == 0:
                 return np.zeros(0, dtype=TOKEN_DTYPE)
-            self._tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r")[self.start : self.stop]
-        return self._tokens[key]
+            self._tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER.size)[self.start : self.stop]
+        tokens = self._tokens[key]
+        if tokens.size and int(tokens.max()) >= self.header.vocab_size:
+            where = self.start + (key.start or 0) + int(np.argmax(tokens >= self.header.vocab_size))
+            raise DamagedTokenFile(
+                f"token file {self.path} is damaged: token {where} is {int(tokens.max())}, outside the vocabulary "
+                f"({self.header.vocab_size}); delete the file and run again to tokenize the corpus anew"
+            )
+        return tokens
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tokens": None}

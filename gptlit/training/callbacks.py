@@ -16,7 +16,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 
+from gptlit.core.device import model_device
 from gptlit.core.generation import DecodingConfig, generate
+from gptlit.core.model import GPTModel
+from gptlit.training.full_model import full_model
+from gptlit.training.console import show
 from gptlit.training.module import GPTLitModule
 from gptlit.training.plot import plot_losses
 from gptlit.training.precision import precision_dtype
@@ -26,7 +30,11 @@ from gptlit.weights.io import save_book_pth, save_safetensors
 
 
 class SampleText(L.Callback):
-    """Generate from ``start_context`` after every epoch, print it on one line and log it to TensorBoard."""
+    """Generate from ``start_context`` after every epoch, print it on one line and log it to TensorBoard.
+
+    Every rank takes part (see gptlit.training.full_model: sharded weights are gathered collectively); global
+    rank zero samples and prints.
+    """
 
     def __init__(
         self,
@@ -38,60 +46,74 @@ class SampleText(L.Callback):
         self.start_context = start_context
         self.max_new_tokens = max_new_tokens
         self.decoding = decoding or DecodingConfig()
-        # Sampling draws from a generator of its own so the decoding settings never change the training run.
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
+        # Sampling draws from generators of its own, one per device it samples on, so the decoding settings never
+        # change the training run: neither the CPU's global generator nor a GPU's, which drive dropout.
+        self._generators: dict[str, torch.Generator] = {}
+        self._restored: dict[str, torch.Tensor] = {}
 
-    def sample(self, pl_module: GPTLitModule) -> str:
-        model = pl_module.model
+    def generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            generator = torch.Generator(device=device).manual_seed(self.seed)
+            if key in self._restored:
+                generator.set_state(self._restored.pop(key))
+            self._generators[key] = generator
+        return self._generators[key]
+
+    def sample(self, model: GPTModel) -> str:
         was_training = model.training
         model.eval()
         try:
-            idx = text_to_token_ids(self.start_context).to(pl_module.device)
-            out = generate(
-                model,
-                idx,
-                self.max_new_tokens,
-                context_size=model.cfg.context_length,
-                temperature=self.decoding.temperature,
-                top_k=self.decoding.top_k,
-                top_p=self.decoding.top_p,
-                eos_id=self.decoding.eos_id,
-                generator=self.generator if idx.device.type == "cpu" else None,
-            )
+            device = model_device(model)
+            idx = text_to_token_ids(self.start_context).to(device)
+            out = generate(model, idx, self.max_new_tokens, context_size=model.cfg.context_length,
+                           decoding=self.decoding, generator=self.generator(device))
         finally:
             model.train(was_training)
         return token_ids_to_text(out.cpu())
 
-    @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
-        text = self.sample(pl_module)
-        pl_module.print(text.replace("\n", " "))
+        model = full_model(trainer, pl_module)
+        if model is None:
+            return
+        text = self.sample(model)
+        show(text.replace("\n", " "), pl_module)
         if isinstance(trainer.logger, TensorBoardLogger):
             trainer.logger.experiment.add_text("sample", text, trainer.global_step)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generators": {key: g.get_state() for key, g in self._generators.items()}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if "generator" in state_dict:
-            self.generator.set_state(state_dict["generator"])
+        self._generators.clear()
+        self._restored = dict(state_dict.get("generators", {}))
+        if "generator" in state_dict:  # written before there was one generator per device
+            self._restored["cpu"] = state_dict["generator"]
 
 
 class ExportWeights(L.Callback):
     """Write the bare model weights when training ends: ``model.safetensors`` (with its config) and
-    ``model.pth``, a state dict the book's own ``GPTModel`` loads (section 5.4)."""
+    ``model.pth``, a state dict the book's own ``GPTModel`` loads (section 5.4).
+
+    Every rank takes part (sharded weights are gathered collectively); global rank zero writes."""
 
     def __init__(self, dirpath: str | Path, safetensors: bool = True, pth: bool = True):
         self.dirpath = Path(dirpath)
         self.safetensors = safetensors
         self.pth = pth
 
-    @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        # Training is over: the gradients are no longer needed, and freeing them first keeps the export (which
+        # holds a copy of the weights while writing) within the training step's peak memory.
+        pl_module.zero_grad(set_to_none=True)
+        model = full_model(trainer, pl_module)
+        if model is None:
+            return
         if self.safetensors:
-            save_safetensors(pl_module.model, self.dirpath / "model.safetensors")
+            save_safetensors(model, self.dirpath / "model.safetensors")
         if self.pth:
-            save_book_pth(pl_module.model, self.dirpath / "model.pth")
+            save_book_pth(model, self.dirpath / "model.pth")
 
 
 class LossPlot(L.Callback):
@@ -217,7 +239,7 @@ class Throughput(L.Callback):
         tokens_per_sec = sum(n for _, n in self._steps) / seconds
         mfu = tokens_per_sec * training_flops_per_token(pl_module.config, inputs.shape[1]) / self.peak_flops
         pl_module.log_dict(
-            {"perf/tokens_per_sec": tokens_per_sec, "perf/mfu": mfu},
+            {"train/tokens_per_sec": tokens_per_sec, "train/mfu": mfu},
             prog_bar=True,
             on_step=True,
             on_epoch=False,

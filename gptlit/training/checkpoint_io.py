@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -9,12 +11,24 @@ from gptlit.files import atomic_write
 from gptlit.weights.io import read_checkpoint
 
 
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a checkpoint (nested dicts and lists): about the size of the file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Every save is atomic and every load refuses anything but tensors and plain data (weights_only=True),
-    so a checkpoint from elsewhere cannot run code when resumed from."""
+    """Every save is atomic (a full disk is one line that names the file and keeps the previous one) and every
+    load refuses anything but tensors and plain data (weights_only=True), so a checkpoint from elsewhere cannot
+    run code when resumed from."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        with atomic_write(path) as f:
+        with atomic_write(path, size_hint=tensor_bytes(checkpoint)) as f:
             torch.save(checkpoint, f)
 
     def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import lightning as L
 
+from gptlit.files import human_bytes
+from gptlit.training.checkpoint_io import tensor_bytes
+
 
 class TrainingInterrupted(Exception):
     def __init__(self, signum: int, step: int, ckpt_path: Path):
@@ -54,6 +57,10 @@ class GracefulInterrupt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if self.requested is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
+        # Several GB for large models: say so before the wait, and that a second Ctrl-C keeps the old file.
+        size = tensor_bytes([pl_module.state_dict(), *(o.state_dict() for o in trainer.optimizers)])
+        print(f"writing {self.ckpt_path} (about {human_bytes(size)}); Ctrl-C again stops at once and keeps the "
+              "previous checkpoint ...", file=sys.stderr, flush=True)
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
         raise TrainingInterrupted(self.requested, trainer.global_step, self.ckpt_path)
 

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gptlit.errors import UserError
 from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.training.nonfinite import NonFiniteGuard
+from gptlit.training.console import show
 from gptlit.weights.io import init_model
 
 # Called with the model (gptlit.training.optimizer.AdamW takes it, to choose the parameters that decay).
@@ -54,9 +55,7 @@ class GPTLitModule(L.LightningModule):
 
         The book's evaluation schedule is a callback, gptlit.book.BookSchedule."""
         super().__init__()
-        if on_nonfinite not in ("stop", "skip"):
-            raise UserError(f"module.on_nonfinite must be stop or skip, got {on_nonfinite!r}")
-        self.on_nonfinite = on_nonfinite
+        self.nonfinite = NonFiniteGuard(on_nonfinite)
         config = GPTConfig.from_any(model)
         self.model = init_model(config, init_from) if init_from else GPTModel(config)
         # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config
@@ -118,20 +117,36 @@ class GPTLitModule(L.LightningModule):
         self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # The x position Lightning would use anyway; without a "step" it adds an "epoch" scalar to the step's
+        # metrics, and that chart would head TensorBoard's list, above the losses.
+        self.log("step", float(self.global_step), batch_size=1)
         inputs, targets = batch
         loss = cross_entropy(self.model(inputs), targets)
-        if not torch.isfinite(loss):
-            where = f"at step {self.global_step + 1} (epoch {self.current_epoch + 1}, batch {batch_idx + 1})"
-            if self.on_nonfinite == "skip":
-                self.print(f"warning: training loss is {loss.item()} {where}; batch skipped")
-                return None  # Lightning then skips backward and the optimizer step
-            raise NonFiniteLossError(
-                f"training loss is {loss.item()} {where}; the run stopped and the checkpoints written so far are "
-                "kept. Lower optimizer.lr, or set module.on_nonfinite=skip to skip such batches"
-            )
-        self.tokens_seen += inputs.numel() * self.trainer.world_size
+        tokens = inputs.numel() * self.trainer.world_size
+        where = f"at step {self.global_step + 1} (epoch {self.current_epoch + 1}, batch {batch_idx + 1})"
+        # Never a host read of the loss here (see gptlit.training.nonfinite): a bad step is skipped on the device.
+        self.nonfinite.watch(loss, where, tokens)
+        self.tokens_seen += tokens
         self.log("train/batch_loss", loss, prog_bar=True, batch_size=inputs.shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.nonfinite.before_optimizer_step(optimizer)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.nonfinite.after_optimizer_step(getattr(optimizer, "optimizer", optimizer))
+
+    def check_nonfinite(self) -> None:
+        """Act on the non-finite losses seen since the last check (gptlit.training.nonfinite)."""
+        self.tokens_seen -= self.nonfinite.check(lambda line: show(line, self))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.nonfinite.due(self.device):
+            self.check_nonfinite()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_nonfinite()
 
     def on_validation_epoch_start(self) -> None:
         self._eval_sums = torch.zeros(2, 2, dtype=torch.float64, device=self.device)
@@ -145,17 +160,18 @@ class GPTLitModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         train_loss, val_loss = self.record_evaluation()
-        self.print(evaluation_line(self.current_epoch + 1, "Step", self.global_step, train_loss, val_loss))
+        show(evaluation_line(self.current_epoch + 1, "Step", self.global_step, train_loss, val_loss), self)
 
     def record_evaluation(self) -> tuple[float, float]:
         """Reduce the sums of the validation steps over every rank, log them and add them to the history."""
+        self.check_nonfinite()  # tokens_seen then leaves out skipped batches
         sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum")
         train_loss, val_loss = (sums[:, 0] / sums[:, 1]).tolist()
         metrics = {
             "val/loss": val_loss,
             "train/loss": train_loss,
             "val/perplexity": math.exp(min(val_loss, 700.0)),
-            "tokens_seen": float(self.tokens_seen),
+            "train/tokens_seen": float(self.tokens_seen),
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
         self.log_dict({**metrics, "step": float(self.global_step)}, batch_size=1)
@@ -179,6 +195,7 @@ class GPTLitModule(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_nonfinite()  # "stop" raises here, before anything is written
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["history"] = self.history
         checkpoint["rng_states"] = rng_states()
@@ -216,10 +233,6 @@ def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch
 def evaluation_line(epoch: int, label: str, step: int, train_loss: float, val_loss: float) -> str:
     """The line the book prints for an evaluation, e.g. ``Ep 1 (Step 000005): Train loss 9.781, Val loss 9.933``."""
     return f"Ep {epoch} ({label} {step:06d}): Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
-
-
-class NonFiniteLossError(UserError):
-    """The training loss became NaN or infinite."""
 
 
 def rng_states() -> dict[str, Any]:

@@ -36,22 +36,39 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def step_matmul_shapes(cfg: GPTConfig, tokens: int) -> list[tuple[int, int, int, int]]:
+    """The (m, k, n, count) matmuls of one forward pass over ``tokens`` tokens: per layer four emb_dim-square
+    projections (query, key, value, output) and the feed-forward pair, then the output head once."""
+    d, layers = cfg.emb_dim, cfg.n_layers
+    return [(tokens, d, d, 4 * layers), (tokens, d, 4 * d, layers), (tokens, 4 * d, d, layers), (tokens, d, cfg.vocab_size, 1)]
+
+
 @torch.no_grad()
 def measure_matmul_flops(
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 5
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    size: int = 2048,
+    repeats: int = 5,
+    shapes: list[tuple[int, int, int, int]] | None = None,
 ) -> float:
-    """The best rate (FLOP/s) of ``repeats`` square matmuls: the ceiling a training step is measured against."""
+    """The matmul rate (FLOP/s) of ``shapes`` ((m, k, n, count) each; by default one ``size``-cube), each timed
+    as the best of ``repeats`` runs and weighted by its count: the ceiling a training step is measured against."""
     device = torch.device(device)
+    shapes = shapes or [(size, size, size, 1)]
     # A generator of its own: drawing from the global one would shift training's dropout and shuffles.
     generator = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
-    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
-    a @ b
-    _synchronize(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
+    flops = seconds = 0.0
+    for m, k, n, count in shapes:
+        a = torch.randn(m, k, device=device, dtype=dtype, generator=generator)
+        b = torch.randn(k, n, device=device, dtype=dtype, generator=generator)
+        a @ b  # the first call pays for kernel selection and memory
         _synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            _synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        flops += 2.0 * m * k * n * count
+        seconds += best * count
+    return flops / seconds

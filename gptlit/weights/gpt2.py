@@ -77,10 +77,12 @@ def read_gpt2(folder: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
     """GPTConfig and state dict (GPTModel's names, output head included) of a Hugging Face GPT-2 folder."""
     folder = Path(folder)
     try:
-        hf = json.loads((folder / "config.json").read_text())
+        hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         tensors = load_file(folder / "model.safetensors")
-    except (OSError, json.JSONDecodeError, SafetensorError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # ValueError: bad JSON, bytes that are not UTF-8
         raise UserError(f"{folder} does not hold a readable GPT-2 checkpoint ({str(err).splitlines()[0]})") from None
+    if not isinstance(hf, dict) or not all(isinstance(hf.get(k), int) for k in ("vocab_size", "n_embd", "n_head", "n_layer")):
+        raise UserError(f"{folder}/config.json is damaged: it lacks GPT-2's vocab_size, n_embd, n_head and n_layer")
     if hf.get("model_type") != "gpt2":
         raise UserError(f"{folder} holds a {hf.get('model_type')!r} model; only GPT-2 (model_type gpt2) maps onto GPTModel")
     # GPTModel hard-codes GPT-2's tanh GELU and LayerNorm eps; refuse checkpoints built otherwise.
@@ -104,26 +106,56 @@ def read_gpt2(folder: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         raise UserError(f"{folder}/model.safetensors lacks the GPT-2 tensor {err.args[0]}") from None
 
 
+# The name table between GPT-2's Hugging Face layout (the "transformer." prefix dropped) and GPTModel's, used
+# both ways: reading GPT-2 weights (``_map``) and exporting ours (``to_gpt2``).
+TOP_LEVEL = {"wte.weight": "tok_emb.weight", "wpe.weight": "pos_emb.weight",
+             "ln_f.weight": "final_norm.scale", "ln_f.bias": "final_norm.shift"}
+# Per block: Conv1D layers (stored transposed, weight and bias) and LayerNorms (weight/bias are scale/shift).
+LINEARS = {"attn.c_proj": "att.out_proj", "mlp.c_fc": "ff.layers.0", "mlp.c_proj": "ff.layers.2"}
+NORMS = {"ln_1": "norm1", "ln_2": "norm2"}
+# Packed into one c_attn in this order.
+QKV = ("W_query", "W_key", "W_value")
+
+
 def _map(hf: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
-    state = {
-        "tok_emb.weight": hf["wte.weight"],
-        "pos_emb.weight": hf["wpe.weight"],
-        "final_norm.scale": hf["ln_f.weight"],
-        "final_norm.shift": hf["ln_f.bias"],
-        # Tied in GPT-2; a separate lm_head (tie_word_embeddings false) is taken as it is.
-        "out_head.weight": hf.get("lm_head.weight", hf["wte.weight"]),
-    }
+    state = {ours: hf[name] for name, ours in TOP_LEVEL.items()}
+    # Tied in GPT-2; a separate lm_head (tie_word_embeddings false) is taken as it is.
+    state["out_head.weight"] = hf.get("lm_head.weight", hf["wte.weight"])
     for i in range(n_layers):
         h, ours = f"h.{i}.", f"trf_blocks.{i}."
-        q, k, v = hf[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
-        qb, kb, vb = hf[h + "attn.c_attn.bias"].chunk(3)
-        for name, weight, bias in (("W_query", q, qb), ("W_key", k, kb), ("W_value", v, vb)):
+        weights = hf[h + "attn.c_attn.weight"].t().chunk(3, dim=0)
+        biases = hf[h + "attn.c_attn.bias"].chunk(3)
+        for name, weight, bias in zip(QKV, weights, biases):
             state[f"{ours}att.{name}.weight"] = weight.contiguous()
             state[f"{ours}att.{name}.bias"] = bias
-        for hf_name, name in (("attn.c_proj", "att.out_proj"), ("mlp.c_fc", "ff.layers.0"), ("mlp.c_proj", "ff.layers.2")):
+        for hf_name, name in LINEARS.items():
             state[f"{ours}{name}.weight"] = hf[f"{h}{hf_name}.weight"].t().contiguous()
             state[f"{ours}{name}.bias"] = hf[f"{h}{hf_name}.bias"]
-        for hf_name, name in (("ln_1", "norm1"), ("ln_2", "norm2")):
+        for hf_name, name in NORMS.items():
             state[f"{ours}{name}.scale"] = hf[f"{h}{hf_name}.weight"]
             state[f"{ours}{name}.shift"] = hf[f"{h}{hf_name}.bias"]
     return state
+
+
+def to_gpt2(state: dict[str, torch.Tensor], n_layers: int, tied: bool) -> dict[str, torch.Tensor]:
+    """GPTModel's state dict in transformers' GPT2LMHeadModel names and layout.
+
+    A model without query/key/value biases (``qkv_bias=False``) gets zero ``c_attn`` biases, which GPT-2 always
+    has and which leave its outputs unchanged. ``lm_head.weight`` is written only for an untied head.
+    """
+    hf = {f"transformer.{name}": state[ours] for name, ours in TOP_LEVEL.items()}
+    if not tied:
+        hf["lm_head.weight"] = state["out_head.weight"]
+    for i in range(n_layers):
+        h, ours = f"transformer.h.{i}.", f"trf_blocks.{i}."
+        weights = [state[f"{ours}att.{name}.weight"] for name in QKV]
+        biases = [state.get(f"{ours}att.{name}.bias", torch.zeros(w.shape[0], dtype=w.dtype)) for name, w in zip(QKV, weights)]
+        hf[h + "attn.c_attn.weight"] = torch.cat(weights, dim=0).t()
+        hf[h + "attn.c_attn.bias"] = torch.cat(biases)
+        for hf_name, name in LINEARS.items():
+            hf[f"{h}{hf_name}.weight"] = state[f"{ours}{name}.weight"].t()
+            hf[f"{h}{hf_name}.bias"] = state[f"{ours}{name}.bias"]
+        for hf_name, name in NORMS.items():
+            hf[f"{h}{hf_name}.weight"] = state[f"{ours}{name}.scale"]
+            hf[f"{h}{hf_name}.bias"] = state[f"{ours}{name}.shift"]
+    return {k: v.detach().cpu().contiguous() for k, v in hf.items()}

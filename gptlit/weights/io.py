@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import dataclass, replace
+import zipfile
+import zlib
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,6 +39,10 @@ MODEL_SIZES = {
 }
 GPT2_VOCAB_SIZE = 50257
 CONFIG_METADATA_KEY = "gptlit.config"
+# "true" when the output head is the token embedding: the file stores the tensor once, loading ties them again.
+TIED_METADATA_KEY = "gptlit.tied_head"
+# CRC-32 of the tensors' bytes, in name order, so damage inside the data (which safetensors cannot notice) is.
+CHECKSUM_METADATA_KEY = "gptlit.crc32"
 WEIGHT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
 
 
@@ -45,6 +51,9 @@ class Weights:
     state: dict[str, torch.Tensor]  # GPTModel's names, without the book's mask buffers
     config: GPTConfig | None  # None when the file does not say (a bare state dict)
     source: str
+    # What a training checkpoint says of its run besides the weights: global_step, tokens_seen and the
+    # evaluations (history), read for model cards; empty for other sources.
+    run: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tied(self) -> bool:
@@ -57,13 +66,42 @@ class Weights:
         return self.state["pos_emb.weight"].shape[0]
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A Lightning checkpoint or torch state dict, loaded with weights_only=True onto the CPU."""
+# Files whose checksums were verified in this process, by (path, size, mtime): a resume reads its checkpoint
+# twice (gptlit's checks, then Lightning's restore) and need not verify it twice.
+_verified: set[tuple[str, int, int]] = set()
+
+
+def _verify_zip_checksums(path: Path) -> None:
+    """torch.save writes a zip archive with a CRC-32 per record, which torch.load never checks: a byte changed
+    inside a tensor loads silently. Checking them reads the file once more, at about 1.5 GB/s."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified or not zipfile.is_zipfile(path):
+        return  # a cut-off archive is no zip at all: torch.load reports it; the legacy format has no checksums
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise UserError(f"checkpoint {path} is damaged ({str(err).splitlines()[0][:120]}); use another copy of it or "
+                        "an earlier checkpoint") from None
+    if bad is not None:
+        raise UserError(f"checkpoint {path} is damaged: its record {bad} does not match its checksum; use another "
+                        "copy of it or an earlier checkpoint")
+    _verified.add(key)
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint or torch state dict, its checksums verified, loaded with weights_only=True onto
+    the CPU.
+
+    ``mmap`` maps the tensors' bytes instead of reading them into memory (files of torch's zip format, the
+    default since torch 1.6): a resume checks the checkpoint before Lightning restores it, without a second copy."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist or is not a file; pass the path of a {'/'.join(WEIGHT_SUFFIXES)} file")
+    _verify_zip_checksums(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         raise UserError(
             f"checkpoint {path} holds more than tensors and plain data, so it was not loaded "
@@ -83,6 +121,20 @@ def _clean(state: Mapping[str, Any], source: str) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.endswith(".att.mask")}
 
 
+def tensors_crc32(state: Mapping[str, torch.Tensor]) -> str:
+    crc = 0
+    for name in sorted(state):
+        crc = zlib.crc32(state[name].detach().cpu().contiguous().view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
+
+
+def _stored_config(stored: Any, source: str) -> GPTConfig:
+    try:
+        return GPTConfig.from_any(json.loads(stored) if isinstance(stored, str) else stored)
+    except (ValueError, TypeError) as err:  # UserError and json's JSONDecodeError are ValueErrors
+        raise UserError(f"{source} holds a damaged model config ({str(err).splitlines()[0][:160]})") from None
+
+
 def _read_safetensors(path: Path) -> Weights:
     try:
         with safe_open(path, "pt") as f:
@@ -90,12 +142,51 @@ def _read_safetensors(path: Path) -> Weights:
         state = load_file(path)
     except (SafetensorError, OSError) as err:
         raise UserError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
-    config = GPTConfig.from_any(json.loads(metadata[CONFIG_METADATA_KEY])) if CONFIG_METADATA_KEY in metadata else None
+    if CHECKSUM_METADATA_KEY in metadata and tensors_crc32(state) != metadata[CHECKSUM_METADATA_KEY]:
+        raise UserError(f"{path} is damaged: its tensors do not match the checksum it was written with; use another "
+                        "copy of it or export it again")
+    config = _stored_config(metadata[CONFIG_METADATA_KEY], str(path)) if CONFIG_METADATA_KEY in metadata else None
+    if metadata.get(TIED_METADATA_KEY) == "true" and "tok_emb.weight" in state:
+        state["out_head.weight"] = state["tok_emb.weight"]  # one tensor, so load_weights ties the head again
     return Weights(_clean(state, str(path)), config, str(path))
 
 
-def read_weights(source: str | Path) -> Weights:
-    """The weights of ``source`` (a file, a GPT-2 name or folder) in GPTModel's names, with its config if known."""
+def check_values(weights: Weights) -> Weights:
+    """Refuse weights that are not floating point, or that hold a NaN or an infinity (a diverged run, a damaged
+    file): they would be cast silently, or crash sampling later with a torch traceback."""
+    for name, tensor in weights.state.items():
+        if not tensor.is_floating_point():
+            raise UserError(
+                f"{weights.source}: tensor {name} holds {str(tensor.dtype).removeprefix('torch.')} values; model weights "
+                "must be floating point (float32, bfloat16 or float16)"
+            )
+        finite = torch.isfinite(tensor)
+        if not finite.all():
+            bad = finite.numel() - int(finite.sum())
+            raise UserError(
+                f"{weights.source}: tensor {name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} (of "
+                f"{finite.numel()}); these weights are damaged or come from a run that diverged: use an earlier checkpoint"
+            )
+    return weights
+
+
+def _lightning_weights(ckpt: Mapping[str, Any], source: str) -> Weights:
+    try:
+        stored = ckpt["hyper_parameters"]["model"]
+    except (KeyError, TypeError):
+        raise UserError(f"{source} is a Lightning checkpoint without a gptlit model config in its hyper-parameters") from None
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    run = {k: ckpt[k] for k in ("global_step", "epoch", "tokens_seen", "history") if k in ckpt}
+    return Weights(_clean(state, source), _stored_config(stored, source), source, run)
+
+
+def read_weights(source: str | Path, mmap: bool = False) -> Weights:
+    """The weights of ``source`` (a file, a GPT-2 name or folder) in GPTModel's names, with its config if known;
+    checked for damage and for values no model can use (check_values). ``mmap``: see read_checkpoint."""
+    return check_values(_read_weights(source, mmap))
+
+
+def _read_weights(source: str | Path, mmap: bool = False) -> Weights:
     source_str = str(source)
     path = Path(source)
     if not path.is_file() and (path.is_dir() or path.suffix not in WEIGHT_SUFFIXES):
@@ -111,15 +202,36 @@ def read_weights(source: str | Path) -> Weights:
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, mmap=mmap)
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt:  # a Lightning checkpoint, whatever its suffix
-        try:
-            config = GPTConfig.from_any(ckpt["hyper_parameters"]["model"])
-        except (KeyError, TypeError):
-            raise UserError(f"{path} is a Lightning checkpoint without a gptlit model config in its hyper-parameters") from None
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        return Weights(_clean(state, source_str), config, source_str)
+        return _lightning_weights(ckpt, source_str)
     return Weights(_clean(ckpt, source_str), None, source_str)
+
+
+def read_resume_checkpoint(path: str | Path, mmap: bool = False) -> Weights:
+    """The weights and config of a checkpoint a run can resume from: a Lightning checkpoint that holds the
+    optimizer state and loop position as well (last.ckpt), never exported or weights-only files."""
+    path = Path(path)
+    start_instead = f"or start a new run from these weights with init_from={path}"
+    if path.suffix == ".safetensors" and path.is_file():
+        raise UserError(f"{path} holds exported weights, not a training checkpoint; resume from checkpoints/last.ckpt, "
+                        + start_instead)
+    ckpt = read_checkpoint(path, mmap=mmap)
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise UserError(f"{path} holds bare weights, not a training checkpoint; resume from checkpoints/last.ckpt, "
+                        + start_instead)
+    if "optimizer_states" not in ckpt:
+        raise UserError(f"{path} holds weights only (best.ckpt is saved so), without the optimizer state and position "
+                        "a resume needs; resume from checkpoints/last.ckpt, " + start_instead)
+    return check_values(_lightning_weights(ckpt, str(path)))
+
+
+def read_source(ckpt_path: str | Path | None, pretrained: str | Path | None) -> Weights:
+    """The weights an entry point names: exactly one of a weights file (ckpt_path=) or a GPT-2 name or folder
+    (pretrained=)."""
+    if (ckpt_path is None) == (pretrained is None):
+        raise UserError("pass exactly one of ckpt_path=path/to/weights and pretrained=gpt2|gpt2-medium|...|/folder")
+    return read_weights(ckpt_path if ckpt_path is not None else pretrained)
 
 
 def shapes_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -171,6 +283,33 @@ def check_fits(model: GPTModel, weights: Weights) -> None:
         raise UserError(
             f"{weights.source} does not fit the model ({_describe(model.cfg)}): {shown}; "
             f"the file fits {fitting_model(weights.state)}"
+        )
+
+
+# How attention is computed, not what: a resume may switch between the fused kernel and the book's.
+RESUME_MAY_CHANGE = {"attention"}
+
+
+def _override(key: str, value: Any) -> str:
+    # context_length follows data.context_length in the configs; that is the key to set.
+    name = "data.context_length" if key == "context_length" else f"model.{key}"
+    return f"{name}={str(value).lower() if isinstance(value, bool) else value}"
+
+
+def check_same_config(config: GPTConfig, weights: Weights) -> None:
+    """A resumed run must be the run its checkpoint was written by: any model setting that differs from the one
+    stored in the checkpoint (n_heads, drop_rate, ...: not all of them show in tensor shapes) is refused."""
+    stored = weights.config
+    if stored is None:
+        return
+    keys = [f.name for f in fields(GPTConfig) if f.name not in RESUME_MAY_CHANGE
+            and getattr(stored, f.name) != getattr(config, f.name)]
+    if keys:
+        trained = " ".join(_override(k, getattr(stored, k)) for k in keys)
+        asked = " ".join(_override(k, getattr(config, k)) for k in keys)
+        raise UserError(
+            f"{weights.source} was trained with {trained}, this run asks for {asked}; a resume continues the same "
+            f"model: pass {trained}, or start a new run from these weights with init_from={weights.source}"
         )
 
 
@@ -242,17 +381,18 @@ def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
 
 
 def save_safetensors(model: GPTModel, path: str | Path) -> Path:
-    """``model.safetensors`` with the config in its metadata, so it loads without naming a model."""
+    """``model.safetensors`` with the config in its metadata, so it loads without naming a model. A head tied to
+    the token embedding is stored once and tied again on loading (safetensors refuses tensors that share memory)."""
     path = Path(path)
-    # safetensors refuses tensors that share memory (a tied head): each gets its own copy.
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu()
-        state[k] = v.clone() if v.data_ptr() in seen else v.contiguous()
-        seen.add(v.data_ptr())
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.cfg.to_dict())}
-    with atomic_write(path) as f:
-        f.write(save(state, metadata=metadata))
+    if model.out_head.weight.data_ptr() == model.tok_emb.weight.data_ptr():
+        del state["out_head.weight"]
+        metadata[TIED_METADATA_KEY] = "true"
+    metadata[CHECKSUM_METADATA_KEY] = tensors_crc32(state)
+    data = save(state, metadata=metadata)
+    with atomic_write(path, size_hint=len(data)) as f:
+        f.write(data)
     return path
 
 
@@ -260,6 +400,6 @@ def save_book_pth(model: GPTModel, path: str | Path) -> Path:
     """``model.pth``: a plain state dict, loadable by the book's ``GPTModel`` (and by ours)."""
     path = Path(path)
     state = book_state_dict(model)
-    with atomic_write(path) as f:
+    with atomic_write(path, size_hint=sum(t.numel() * t.element_size() for t in state.values())) as f:
         torch.save(state, f)
     return path

@@ -1,0 +1,330 @@
+"""What a training run will cost, before it runs: memory, FLOPs, step time and the whole run's time.
+
+Memory is predicted from the config alone, so a plan can be made for a model that would not fit. Parameters
+(with the embeddings) need 4 bytes each for the fp32 weights, 4 for their gradients and 8 for AdamW's two
+moments. Activations are what autograd keeps for the backward pass, counted on this model with saved-tensor
+hooks (tests/test_plan.py holds the formula to that count) per token of a micro-batch:
+
+- per transformer block 16 * emb_dim floats; 2.25 * emb_dim more when dropout is on (its masks and outputs);
+  3 * n_heads * context more where attention runs PyTorch's math path (the reference attention, or SDPA with
+  dropout on a CPU, whose fused kernel has no dropout), which keeps the attention weights;
+- once, vocab_size + 3 * emb_dim: the logits and the embedding and final-norm outputs;
+
+plus, at the peak in the backward pass, the logits' gradient and the loss's log-softmax (2 * vocab_size floats
+per token). On a CPU the process itself (Python, torch, Lightning, the tokenizer: several hundred MB) is part of
+the resident memory a run is measured by; it is measured here, in this process, after importing the same.
+
+Time comes from a probe of the real step: one and two transformer blocks of the configured width trained for a
+few steps on the device, in the configured precision, with the configured optimizer. A block's time is the
+difference, the rest (embeddings, output head, loss, optimizer) the remainder, and the full depth is
+extrapolated from them; the probe needs the memory of two blocks, not of the model.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.training.throughput import (
+    matmul_parameters,
+    measure_matmul_flops,
+    step_matmul_shapes,
+    training_flops_per_token,
+)
+
+FP32_BYTES = 4
+ADAMW_STATE_BYTES = 8
+# The share of device memory a plan may fill on a GPU: the allocator's cache and fragmentation need the rest.
+GPU_USABLE = 0.9
+
+
+def parameter_count(cfg: GPTConfig) -> int:
+    """Every parameter of GPTModel, from the config alone: the matmul weights plus the two embedding tables."""
+    return matmul_parameters(cfg) + (cfg.vocab_size + cfg.context_length) * cfg.emb_dim
+
+
+def math_attention(cfg: GPTConfig, device_type: str) -> bool:
+    """Whether attention keeps its weights for the backward pass (see the module docstring)."""
+    return cfg.attention == "reference" or (device_type == "cpu" and cfg.drop_rate > 0)
+
+
+def activation_bytes_per_token(cfg: GPTConfig, device_type: str, seq_len: int | None = None) -> float:
+    seq_len = seq_len or cfg.context_length
+    d = cfg.emb_dim
+    block = 16 * d + (2.25 * d if cfg.drop_rate > 0 else 0) + (3 * cfg.n_heads * seq_len if math_attention(cfg, device_type) else 0)
+    once = cfg.vocab_size + 3 * d
+    backward_peak = 2 * cfg.vocab_size
+    return FP32_BYTES * (cfg.n_layers * block + once + backward_peak)
+
+
+@dataclass
+class MemoryPlan:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int  # per micro-batch
+    baseline: int  # the process itself (CPU) or nothing (GPU: allocated memory is what is compared)
+
+    @property
+    def peak(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.baseline
+
+
+def plan_memory(cfg: GPTConfig, micro_batch: int, seq_len: int, device_type: str, baseline: int = 0) -> MemoryPlan:
+    n = parameter_count(cfg)
+    return MemoryPlan(
+        weights=n * FP32_BYTES,
+        gradients=n * FP32_BYTES,
+        optimizer=n * ADAMW_STATE_BYTES,
+        activations=int(activation_bytes_per_token(cfg, device_type, seq_len) * micro_batch * seq_len),
+        baseline=baseline,
+    )
+
+
+def largest_micro_batch(cfg: GPTConfig, seq_len: int, device_type: str, capacity: int) -> int:
+    """The largest micro-batch whose predicted peak fits ``capacity`` bytes (GPU_USABLE of it); 0 if none."""
+    fixed = plan_memory(cfg, 0, seq_len, device_type)
+    per_sample = activation_bytes_per_token(cfg, device_type, seq_len) * seq_len
+    return max(0, int((GPU_USABLE * capacity - fixed.peak) // per_sample))
+
+
+def process_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(
+    cfg: GPTConfig,
+    micro_batch: int,
+    seq_len: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    optimizer_factory: Callable,
+    steps: int = 3,
+) -> float:
+    """Median seconds of a real training step (forward, backward, optimizer) of a model of ``cfg``."""
+    generator = torch.Generator().manual_seed(0)  # the global generator is the run's, not the probe's
+    model = GPTModel(cfg).to(device).train()
+    optimizer = optimizer_factory(model.parameters())
+    tokens = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len + 1), generator=generator).to(device)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    times = []
+    for i in range(steps + 1):  # the first step pays for allocation and kernel selection
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        loss.backward()
+        optimizer.step()
+        _synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class StepProbe:
+    """Seconds of a real micro-batch step: of the whole model when it fits the device, else extrapolated from
+    one and two transformer blocks (``per_block`` each, ``rest`` for the embeddings, head, loss and optimizer)."""
+
+    rest: float
+    per_block: float
+    whole: float | None = None
+
+    def step_seconds(self, n_layers: int) -> float:
+        return self.whole if self.whole is not None else self.rest + n_layers * self.per_block
+
+    def describe(self) -> str:
+        if self.whole is not None:
+            return f"3 real steps of the whole model: {self.whole * 1e3:.1f} ms per micro-batch step"
+        return (f"the model does not fit, so one and two blocks were timed: a block adds {self.per_block * 1e3:.1f} ms "
+                f"to a micro-batch step, the rest (embeddings, head, loss, AdamW) {self.rest * 1e3:.1f} ms")
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a run could still allocate on ``device``."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def probe_step(
+    cfg: GPTConfig,
+    micro_batch: int,
+    seq_len: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+    optimizer_factory: Callable,
+    fits: bool,
+) -> StepProbe:
+    if fits:
+        whole = time_steps(cfg, micro_batch, seq_len, device, autocast_dtype, optimizer_factory)
+        return StepProbe(rest=0.0, per_block=0.0, whole=whole)
+    one, two = (
+        time_steps(replace(cfg, n_layers=n), micro_batch, seq_len, device, autocast_dtype, optimizer_factory, steps=5)
+        for n in (1, 2)
+    )
+    per_block = max(two - one, 0.0)
+    return StepProbe(rest=max(one - per_block, 0.0), per_block=per_block)
+
+
+@dataclass
+class RunPlan:
+    config: GPTConfig
+    parameters: int
+    micro_batch: int
+    seq_len: int
+    devices: int
+    accumulation: int
+    device: str
+    precision: str
+    memory: MemoryPlan
+    flops_per_token: float
+    matmul_flops: float
+    probe: StepProbe
+    steps: int | None  # optimizer steps of the whole run, when known
+    steps_per_epoch: int | None
+    budget: str  # what ends the run, in words
+    largest_micro_batch: int | None = None  # GPUs only
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.micro_batch * self.seq_len * self.devices * self.accumulation
+
+    @property
+    def step_seconds(self) -> float:
+        return self.accumulation * self.probe.step_seconds(self.config.n_layers)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_per_step / self.step_seconds
+
+    @property
+    def mfu(self) -> float:
+        return self.tokens_per_second / self.devices * self.flops_per_token / self.matmul_flops
+
+
+def plan_run(
+    cfg: GPTConfig,
+    micro_batch: int,
+    devices: int,
+    accumulation: int,
+    device: torch.device,
+    precision: str,
+    autocast_dtype: torch.dtype | None,
+    optimizer_factory: Callable,
+    steps: int | None,
+    steps_per_epoch: int | None,
+    budget: str,
+    baseline: int,
+) -> RunPlan:
+    seq_len = cfg.context_length
+    matmul_dtype = autocast_dtype or torch.float32
+    largest = None
+    if device.type == "cuda":
+        largest = largest_micro_batch(cfg, seq_len, "cuda", torch.cuda.get_device_properties(device).total_memory)
+    memory = plan_memory(cfg, micro_batch, seq_len, device.type, baseline if device.type == "cpu" else 0)
+    fits = memory.peak - memory.baseline < 0.8 * available_memory(device)
+    return RunPlan(
+        config=cfg,
+        parameters=parameter_count(cfg),
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        devices=devices,
+        accumulation=accumulation,
+        device=str(device),
+        precision=precision,
+        memory=memory,
+        flops_per_token=training_flops_per_token(cfg, seq_len),
+        matmul_flops=measure_matmul_flops(device, matmul_dtype, repeats=3, shapes=step_matmul_shapes(cfg, micro_batch * seq_len)),
+        probe=probe_step(cfg, micro_batch, seq_len, device, autocast_dtype, optimizer_factory, fits),
+        steps=steps,
+        steps_per_epoch=steps_per_epoch,
+        budget=budget,
+        largest_micro_batch=largest,
+    )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.2f} {unit}" if n < 10 else f"{n:.1f} {unit}" if n < 100 else f"{n:.0f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def human_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def describe(plan: RunPlan) -> str:
+    cfg, mem = plan.config, plan.memory
+    lines = [
+        f"model        {plan.parameters:,} parameters (emb_dim {cfg.emb_dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
+        f"vocab {cfg.vocab_size}), context {plan.seq_len}",
+        f"batch        micro-batch {plan.micro_batch} x {plan.devices} device(s) x {plan.accumulation} accumulation = "
+        f"{plan.tokens_per_step:,} tokens per optimizer step",
+        f"FLOPs        {plan.flops_per_token / 1e9:.3f} GFLOP per token (training), "
+        f"{plan.flops_per_token * plan.tokens_per_step / 1e12:.3f} TFLOP per step",
+        f"memory       per device, {plan.precision}:",
+        f"  weights      {human_bytes(mem.weights):>10}",
+        f"  gradients    {human_bytes(mem.gradients):>10}",
+        f"  AdamW state  {human_bytes(mem.optimizer):>10}",
+        f"  activations  {human_bytes(mem.activations):>10}  (one micro-batch of {plan.micro_batch})",
+    ]
+    if mem.baseline:
+        lines.append(f"  process      {human_bytes(mem.baseline):>10}  (Python, torch, Lightning, tokenizer: measured)")
+    lines.append(f"  peak         {human_bytes(mem.peak):>10}  predicted")
+    if plan.largest_micro_batch is not None:
+        lines.append(f"  largest micro-batch that fits this GPU: {plan.largest_micro_batch}")
+    lines += [
+        f"device       {plan.device}: the step's matmuls run at {plan.matmul_flops / 1e9:.1f} GFLOP/s (measured now)",
+        f"probe        {plan.probe.describe()}",
+        f"predicted    {human_seconds(plan.step_seconds)} per optimizer step, {plan.tokens_per_second:,.0f} tokens/s, "
+        f"MFU {plan.mfu:.2f}",
+    ]
+    if plan.steps_per_epoch:
+        lines.append(f"  epoch        {plan.steps_per_epoch} steps, {human_seconds(plan.steps_per_epoch * plan.step_seconds)}")
+    if plan.steps:
+        lines.append(f"  whole run    {plan.steps} steps ({plan.budget}), {human_seconds(plan.steps * plan.step_seconds)}")
+    return "\n".join(lines)
+
+
+def steps_for(max_steps: int, max_epochs: int | None, steps_per_epoch: int | None, max_tokens: int | None,
+              tokens_per_step: int) -> tuple[int | None, str]:
+    """The optimizer steps of the whole run and what ends it: whichever limit comes first, as Lightning stops."""
+    limits = []
+    if max_steps and max_steps > 0:
+        limits.append((max_steps, f"trainer.max_steps={max_steps}"))
+    if max_epochs and max_epochs > 0 and steps_per_epoch:
+        limits.append((max_epochs * steps_per_epoch, f"{max_epochs} epochs"))
+    if max_tokens:
+        limits.append((math.ceil(max_tokens / tokens_per_step), f"a budget of {max_tokens:,} tokens"))
+    return min(limits) if limits else (None, "no limit set")

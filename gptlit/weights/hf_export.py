@@ -1,0 +1,166 @@
+"""A GPTModel as a Hugging Face transformers GPT-2 folder: what ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load with no custom code, and so lm-evaluation-harness, vLLM and the hub too.
+
+The folder holds GPT-2's ``config.json``, ``model.safetensors`` in ``GPT2LMHeadModel``'s names (the inverse of
+gptlit.weights.gpt2's mapping), GPT-2's tokenizer files (``vocab.json`` and ``merges.txt`` are the very BPE
+files gptlit's tokenizer is built from) and a model card (``README.md``). GPT-2's architecture is GPTModel's
+(tanh GELU, LayerNorm eps 1e-5, a 4x feed-forward), so nothing is approximated: a model without
+query/key/value biases gets zero biases, an untied head is written as ``lm_head.weight`` with
+``tie_word_embeddings: false``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from gptlit.core.model import GPTModel
+from gptlit.core.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, bpe_files_dir
+from gptlit.errors import UserError
+from gptlit.files import usual_permissions
+from gptlit.weights import gpt2
+
+CARD = "README.md"
+
+
+def is_tied(model: GPTModel) -> bool:
+    return model.out_head.weight is model.tok_emb.weight
+
+
+def gpt2_config(model: GPTModel) -> dict[str, Any]:
+    """transformers' GPT2Config of ``model``, as config.json holds it."""
+    cfg = model.cfg
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.context_length,
+        "n_embd": cfg.emb_dim,
+        "n_layer": cfg.n_layers,
+        "n_head": cfg.n_heads,
+        "n_inner": None,  # 4 * n_embd, as GPTModel's feed-forward
+        "activation_function": "gelu_new",  # the tanh approximation GPTModel uses
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": cfg.drop_rate,
+        "embd_pdrop": cfg.drop_rate,
+        "attn_pdrop": cfg.drop_rate,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "bos_token_id": ENDOFTEXT_ID,
+        "eos_token_id": ENDOFTEXT_ID,
+        "tie_word_embeddings": is_tied(model),
+        "torch_dtype": str(model.tok_emb.weight.dtype).removeprefix("torch."),
+        "use_cache": True,
+    }
+
+
+def tokenizer_files(context_length: int) -> dict[str, bytes]:
+    """GPT-2's tokenizer as transformers reads it: OpenAI's encoder.json and vocab.bpe under their hub names."""
+    data = bpe_files_dir()
+    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "add_prefix_space": False,
+              **special}
+    return {
+        "vocab.json": (data / "encoder.json").read_bytes(),
+        "merges.txt": (data / "vocab.bpe").read_bytes(),
+        "tokenizer_config.json": json.dumps(config, indent=2).encode(),
+        "special_tokens_map.json": json.dumps(special, indent=2).encode(),
+    }
+
+
+def find_run_config(source: str | Path) -> str | None:
+    """The config of the training run that wrote ``source`` (``<run>/checkpoints/*.ckpt`` or
+    ``<run>/model.safetensors``), read from the run's ``.hydra/config.yaml``; None elsewhere."""
+    path = Path(source)
+    if not path.is_file():
+        return None
+    for run_dir in (path.parent, path.parent.parent):
+        config = run_dir / ".hydra" / "config.yaml"
+        if config.is_file():
+            return config.read_text(encoding="utf-8", errors="replace")
+    return None
+
+
+def model_card(model: GPTModel, source: str, run: dict[str, Any], run_config: str | None) -> str:
+    """A short README.md: what the model is, where it came from, its last losses and its gptlit config."""
+    cfg = model.cfg
+    params = sum(p.numel() for p in model.parameters())
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gpt2, gptlit]", "---", "",
+        "# GPT-2-style model trained with gptlit", "",
+        f"A GPT-2 architecture ({params / 1e6:.1f}M parameters: {cfg.n_layers} layers, {cfg.n_heads} heads, "
+        f"embedding {cfg.emb_dim}, context {cfg.context_length} tokens, GPT-2's tokenizer; "
+        f"{'output head tied to the token embedding' if is_tied(model) else 'separate output head'}"
+        f"{'' if cfg.qkv_bias else '; trained without query/key/value biases, exported as zeros'}), "
+        f"exported from `{source}`. It loads with `transformers.AutoModelForCausalLM.from_pretrained`.", "",
+    ]
+    history = run.get("history") or []
+    if history:
+        last = history[-1]
+        lines += ["## Training", "",
+                  f"After {last['step']} optimizer steps ({int(last['tokens_seen']):,} tokens): train loss "
+                  f"{last['train_loss']:.3f}, validation loss {last['val_loss']:.3f}.", ""]
+    else:
+        lines += ["## Training", "", f"`{source}` records no losses (export a training checkpoint to have them here).", ""]
+    lines += ["## gptlit model config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
+    if run_config:
+        lines += ["## The training run's config (`.hydra/config.yaml`)", "", "```yaml", run_config.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool = False) -> Path:
+    """Write ``model`` as a transformers GPT-2 folder at ``out_dir``. The folder is built beside it and renamed
+    into place when complete, so a failure leaves no half-written export; an existing folder is replaced only
+    with ``overwrite``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and overwrite):
+        what = "a folder" if out_dir.is_dir() else "a file"
+        raise UserError(f"out_dir {out_dir} is already {what}; choose another out_dir"
+                        + (" or pass overwrite=true to replace it" if out_dir.is_dir() else ""))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        (work / "config.json").write_text(json.dumps(gpt2_config(model), indent=2))
+        tensors = gpt2.to_gpt2(model.state_dict(), model.cfg.n_layers, is_tied(model))
+        save_file(tensors, work / "model.safetensors", metadata={"format": "pt"})
+        for name, content in tokenizer_files(model.cfg.context_length).items():
+            (work / name).write_bytes(content)
+        (work / CARD).write_text(card)
+        for path in (work, *work.iterdir()):
+            usual_permissions(path)
+        if out_dir.exists():
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
+            out_dir.rename(old / out_dir.name)
+            work.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
+    """Upload an exported folder to the Hugging Face hub as model repository ``repo_id``; returns its URL."""
+    if not gpt2._hub_reachable():
+        raise UserError(f"cannot push to {repo_id}: the Hugging Face hub is not reachable (offline); the export in "
+                        f"{folder} is complete, push it later with `hf upload {repo_id} {folder}`")
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = str(api.create_repo(repo_id, private=private, exist_ok=True))
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+    except Exception as err:  # the hub client raises many kinds (auth, HTTP, connection)
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UserError(f"could not push {folder} to {repo_id} ({reason}); log in with `hf auth login` "
+                        "and check the repository name") from None
+    return url

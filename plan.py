@@ -1,0 +1,93 @@
+"""What a training run will cost, before it runs: `python plan.py [the same overrides as train.py]`.
+
+Prints the parameters, FLOPs per token, memory (weights, gradients, AdamW state, activations, predicted peak), the
+device's measured matmul rate, a short probe of the real step, and the predicted tokens/s, time per epoch and
+for the whole run; on a GPU also the largest micro-batch that fits. Takes seconds and trains nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gptlit.app.cli import check_group_choices, exit_on_user_error, fail
+from gptlit.core.device import pick_device
+from gptlit.errors import UserError
+from gptlit.training.plan import describe, plan_run, process_rss, steps_for
+from gptlit.training.precision import precision_dtype, register_resolver
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml with the overrides, composed as train.py composes it (without a run directory)."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, "run_dir=."])
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(f"{str(err).splitlines()[0]} (overrides are those of train.py, e.g. model=gpt124m data.batch_size=4)")
+    return cfg
+
+
+def devices_of(trainer: DictConfig, device: torch.device) -> int:
+    devices = trainer.devices
+    if devices in ("auto", -1, "-1"):
+        devices = torch.cuda.device_count() if device.type == "cuda" else 1
+    count = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else int(devices)
+    return count * int(trainer.get("num_nodes", 1) or 1)
+
+
+def accumulation_of(trainer: DictConfig, micro_tokens: int) -> int:
+    tokens_per_step = trainer.get("tokens_per_step")
+    if tokens_per_step:
+        if tokens_per_step % micro_tokens:
+            raise UserError(f"trainer.tokens_per_step={tokens_per_step} is not a multiple of {micro_tokens} "
+                            "(data.batch_size x data.context_length x devices x nodes)")
+        return tokens_per_step // micro_tokens
+    return int(trainer.get("accumulate_grad_batches", 1) or 1)
+
+
+def plan(cfg: DictConfig) -> str:
+    model = instantiate(cfg.model)
+    device = pick_device(str(cfg.trainer.accelerator))
+    devices = devices_of(cfg.trainer, device)
+    micro_batch = cfg.data.batch_size
+    accumulation = accumulation_of(cfg.trainer, micro_batch * model.context_length * devices)
+    # The corpus is read as train.py reads it, for the epoch's length (a textfiles corpus is tokenized once).
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    steps_per_epoch = len(datamodule.train_set) // (micro_batch * devices) // accumulation or None
+    baseline = process_rss()  # before the probe allocates anything: the process a run starts from
+    precision = str(cfg.trainer.precision)
+    tokens_per_step = micro_batch * model.context_length * devices * accumulation
+    steps, budget = steps_for(cfg.trainer.max_steps, cfg.trainer.max_epochs, steps_per_epoch,
+                              cfg.trainer.get("max_tokens"), tokens_per_step)
+    run = plan_run(
+        model, micro_batch, devices, accumulation, device, precision,
+        precision_dtype(precision) if precision.endswith("-mixed") else None,
+        instantiate(cfg.optimizer), steps, steps_per_epoch, budget, baseline,
+    )
+    return describe(run)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(__doc__.strip())
+        return
+    check_group_choices(CONFIG_DIR, argv)
+    register_resolver()
+    with exit_on_user_error():
+        print(plan(compose_train(argv)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,140 @@
+"""export.py: the folder loads in transformers with no custom code and computes what gptlit computes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+import export as export_py
+from gptlit.app.build import fit as train
+from gptlit.core.generation import generate
+from gptlit.core.tokenizer import encode
+from gptlit.errors import UserError, find_user_error
+from gptlit.weights import gpt2
+from gptlit.weights.io import model_from_weights, read_weights
+from tests.conftest import ROOT, compose_config, compose_train
+
+PROMPT = "Every effort moves you"
+HF_TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
+
+
+def export(out_dir, *overrides):
+    cfg = compose_config(f"out_dir={out_dir}", *overrides, config="export")
+    try:
+        return export_py.run(cfg)
+    except Exception as err:
+        raise find_user_error(err) or err
+
+
+def assert_transformers_computes_the_same(model, folder, new_tokens=20):
+    """Logits within 1e-4 and the same greedy tokens, in the transformers model loaded from ``folder``."""
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = model.eval()
+    idx = torch.randint(0, 50257, (2, model.cfg.context_length), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (hf(idx).logits - model(idx)).abs().max().item() <= 1e-4
+    prompt = torch.tensor([encode(PROMPT)])
+    expected = generate(model, prompt, new_tokens, context_size=model.cfg.context_length)
+    got = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens, do_sample=False,
+                      pad_token_id=50256)
+    assert torch.equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short train.py run of the tiny model (an untied head, no query/key/value biases, as the book's)."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_train(run_dir, "trainer.max_steps=3", "trainer.val_check_interval=3")
+    trainer = train(cfg)
+    (run_dir / ".hydra").mkdir()  # what train.py's Hydra writes beside the checkpoints
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return run_dir, trainer.lightning_module.model
+
+
+def test_trained_checkpoint_exports_to_transformers(tmp_path, trained):
+    run_dir, model = trained
+    assert model.out_head.weight is not model.tok_emb.weight and not model.cfg.qkv_bias
+    out = export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False and config["n_positions"] == 32
+    tensors = load_file(out / "model.safetensors")
+    assert "lm_head.weight" in tensors and not tensors["transformer.h.0.attn.c_attn.bias"].any()
+    assert_transformers_computes_the_same(model, out)
+    card = (out / "README.md").read_text()
+    assert "After 3 optimizer steps" in card and "validation loss" in card and "model: tiny" not in card
+    assert "_target_: gptlit.core.model.GPTConfig" in card  # the run's own config
+    # The same folder from the run's model.safetensors and its book-format model.pth (with model=).
+    for source in (f"ckpt_path={run_dir / 'model.safetensors'}", f"ckpt_path={run_dir / 'model.pth'}"):
+        extra = ["model=tiny"] if source.endswith(".pth") else []
+        folder = export(tmp_path / source[-4:], source, *extra)
+        assert load_file(folder / "model.safetensors").keys() == tensors.keys()
+
+
+def test_tokenizer_loads_offline_and_encodes_as_gptlit(tmp_path, trained):
+    run_dir, _ = trained
+    out = export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = "Every effort moves you <|endoftext|> naïve  spaces\n\nand 1234 digits"
+    assert tokenizer(text).input_ids == encode(text)
+    assert tokenizer.eos_token_id == 50256 and tokenizer.model_max_length == 32
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_gpt2_folder_round_trip(tmp_path, tied):
+    torch.manual_seed(0)
+    original = GPT2LMHeadModel(GPT2Config(**HF_TINY, tie_word_embeddings=tied)).eval()
+    with torch.no_grad():
+        for name, p in original.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    original.save_pretrained(tmp_path / "original")
+    out = export(tmp_path / "exported", f"pretrained={tmp_path / 'original'}")
+    model = model_from_weights(read_weights(str(out)))
+    assert (model.out_head.weight is model.tok_emb.weight) == tied
+    assert_transformers_computes_the_same(model, out)
+    # The very tensors transformers saved come back, under the same names.
+    before, after = load_file(tmp_path / "original" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in after)
+
+
+def test_name_table_is_its_own_inverse(tiny_cfg):
+    from gptlit.core.model import GPTModel
+
+    model = GPTModel({**tiny_cfg, "qkv_bias": True})
+    state = model.state_dict()
+    back = gpt2._map({k.removeprefix("transformer."): v for k, v in gpt2.to_gpt2(state, 2, tied=False).items()}, 2)
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_existing_out_dir_is_kept_unless_overwrite(tmp_path, trained):
+    run_dir, _ = trained
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "mine.txt").write_text("keep")
+    with pytest.raises(UserError, match="is already a folder; choose another out_dir or pass overwrite=true"):
+        export(tmp_path / "hf", ckpt)
+    assert (tmp_path / "hf" / "mine.txt").read_text() == "keep"
+    export(tmp_path / "hf", ckpt, "overwrite=true")
+    assert not (tmp_path / "hf" / "mine.txt").exists() and (tmp_path / "hf" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no work folders left beside it
+
+
+def test_push_to_hub_offline_is_one_line_after_a_complete_export(tmp_path, trained, monkeypatch):
+    run_dir, _ = trained
+    monkeypatch.setattr(gpt2, "_hub_reachable", lambda: False)
+    with pytest.raises(UserError, match=r"the Hugging Face hub is not reachable \(offline\); the export in .* is complete"):
+        export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "push_to_hub=me/tiny")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_cli_without_a_source_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "export.py", f"out_dir={tmp_path / 'x'}"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr == "error: pass exactly one of ckpt_path=path/to/weights and pretrained=gpt2|gpt2-medium|...|/folder\n"
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,119 @@
+"""The planner's predictions against what a real model and a real run do."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.training.plan import (
+    FP32_BYTES,
+    activation_bytes_per_token,
+    largest_micro_batch,
+    parameter_count,
+    plan_memory,
+    steps_for,
+)
+
+from .conftest import ROOT, find_verdict
+
+
+def saved_activation_bytes(cfg: GPTConfig, batch: int) -> int:
+    """Bytes autograd keeps for the backward pass of one training forward and loss, parameters left out."""
+    model = GPTModel(cfg).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()  # views of one storage count once
+        return t
+
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.context_length))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        F.cross_entropy(model(x).flatten(0, 1), x.flatten())
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # dropout on: SDPA falls back to the math path on a CPU
+        {"drop_rate": 0.0},  # SDPA's fused CPU kernel
+        {"attention": "reference"},
+        {"n_heads": 8, "context_length": 64},
+        {"emb_dim": 96, "n_layers": 3, "qkv_bias": True},
+    ],
+)
+def test_activation_formula_matches_what_autograd_saves(changes):
+    cfg = GPTConfig(**{"vocab_size": 1000, "context_length": 32, "emb_dim": 64, "n_heads": 4, "n_layers": 2, **changes})
+    batch = 3
+    predicted = activation_bytes_per_token(cfg, "cpu") * batch * cfg.context_length
+    # The formula adds the backward pass's peak (the logits' gradient and log-softmax) to what is saved.
+    saved = predicted - 2 * cfg.vocab_size * FP32_BYTES * batch * cfg.context_length
+    assert saved == pytest.approx(saved_activation_bytes(cfg, batch), rel=0.05)
+
+
+@pytest.mark.parametrize("cfg", [GPTConfig(emb_dim=64, n_heads=4, n_layers=3, context_length=48), GPTConfig(qkv_bias=True, emb_dim=32, n_heads=2, n_layers=1)])
+def test_parameter_count_is_the_models(cfg):
+    assert parameter_count(cfg) == sum(p.numel() for p in GPTModel(cfg).parameters())
+
+
+def test_memory_split_of_gpt2_124m():
+    # 162,419,712 parameters at context 256 (the book's 163,009,536 is at context 1024: 768 x 768 fewer here).
+    mem = plan_memory(GPTConfig(context_length=256), micro_batch=2, seq_len=256, device_type="cpu")
+    assert mem.weights == mem.gradients == 162_419_712 * 4 and mem.optimizer == 162_419_712 * 8
+    assert mem.baseline == 0 and mem.peak == mem.weights + mem.gradients + mem.optimizer + mem.activations
+
+
+def test_whole_run_ends_at_the_first_limit():
+    assert steps_for(-1, 10, 9, None, 512) == (90, "10 epochs")
+    assert steps_for(20, 10, 9, None, 512) == (20, "trainer.max_steps=20")
+    assert steps_for(-1, 10, 9, 5120, 512) == (10, "a budget of 5,120 tokens")
+    assert steps_for(-1, None, None, None, 512) == (None, "no limit set")
+
+
+def test_largest_micro_batch_is_the_last_that_fits():
+    cfg = GPTConfig(context_length=1024)
+    capacity = 80 * 10**9
+    best = largest_micro_batch(cfg, 1024, "cuda", capacity)
+    assert best > 0
+    assert plan_memory(cfg, best, 1024, "cuda").peak <= 0.9 * capacity < plan_memory(cfg, best + 1, 1024, "cuda").peak
+
+
+TINY_RUN = ["model=tiny", "data.context_length=32", f"data.path={find_verdict()}", "trainer.max_steps=6",
+            "trainer.precision=32-true"]
+
+
+def peak_rss_of_train(tmp_path) -> int:
+    """Peak resident bytes of a real `python train.py` run, read by the process itself as it exits."""
+    code = (
+        "import atexit, resource, runpy, sys\n"
+        "atexit.register(lambda: print(f'PEAK {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}', file=sys.stderr))\n"
+        f"sys.argv = ['train.py', *{TINY_RUN!r}, 'hydra.run.dir={tmp_path}']\n"
+        "runpy.run_path('train.py', run_name='__main__')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return int(re.search(r"PEAK (\d+)", run.stderr).group(1))
+
+
+def test_plan_predicts_the_peak_memory_of_a_real_tiny_run(tmp_path):
+    out = subprocess.run([sys.executable, "plan.py", *TINY_RUN], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    value, unit = re.search(r"peak\s+([\d.]+) (MB|GB)\s+predicted", out.stdout).groups()
+    predicted = float(value) * (1e6 if unit == "MB" else 1e9)
+    assert "3,242,752 parameters" in out.stdout and "whole run    6 steps" in out.stdout
+    assert predicted == pytest.approx(peak_rss_of_train(tmp_path), rel=0.15)
+
+
+def test_plan_refuses_a_bad_override_in_one_line():
+    out = subprocess.run([sys.executable, "plan.py", "model=tiny", "data.batch_sise=3"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: ") and "batch_sise" in out.stderr
