@@ -45,7 +45,9 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_accumulated_micro_batches_give_the_update_of_one_big_batch(tmp_path, short_text):
     big = fit(same_run(tmp_path / "big", short_text, "data.batch_size=4"))
-    accumulated = fit(same_run(tmp_path / "acc", short_text, "data.batch_size=2", f"trainer.tokens_per_step={4 * CONTEXT}"))
+    accumulated = fit(
+        same_run(tmp_path / "acc", short_text, "data.batch_size=2", f"trainer.tokens_per_step={4 * CONTEXT}")
+    )
     # The control: the same micro-batches, each its own step.
     fit(same_run(tmp_path / "small", short_text, "data.batch_size=2"))
 

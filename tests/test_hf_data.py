@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -63,7 +62,7 @@ def test_a_local_file_is_tokenized_into_the_textfiles_cache_format(tmp_path, ver
     path = (write_parquet if kind == "parquet" else write_jsonl)(tmp_path / f"corpus.{kind}", docs)
     dm = datamodule(path, tmp_path / "cache")
     expected = joined_tokens(docs)
-    assert np.fromfile(dm.token_paths["train"], dtype=np.uint16).tolist() == expected
+    assert TokenFile(dm.token_paths["train"])[:].tolist() == expected
     assert isinstance(dm.train_set.tokens, TokenFile) and isinstance(dm.val_set.tokens, TokenFile)
 
 
@@ -87,8 +86,8 @@ def test_the_datasets_own_validation_split_is_used_when_it_has_one(tmp_path, ver
     write_parquet(folder / "train.parquet", docs[:-3])
     write_parquet(folder / "validation.parquet", docs[-3:])
     dm = datamodule(folder, tmp_path / "cache")
-    assert np.fromfile(dm.token_paths["train"], dtype=np.uint16).tolist() == joined_tokens(docs[:-3])
-    assert np.fromfile(dm.token_paths["val"], dtype=np.uint16).tolist() == joined_tokens(docs[-3:])
+    assert TokenFile(dm.token_paths["train"])[:].tolist() == joined_tokens(docs[:-3])
+    assert TokenFile(dm.token_paths["val"])[:].tolist() == joined_tokens(docs[-3:])
     assert len(dm.val_set.tokens) == len(joined_tokens(docs[-3:]))
 
 
@@ -108,7 +107,7 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, verdict_t
     docs[2] = docs[2].replace("the", "THE", 1)
     write_jsonl(path, docs)
     changed = datamodule(path, tmp_path / "cache").token_paths["train"]
-    assert changed != first and np.fromfile(changed, dtype=np.uint16).tolist() == joined_tokens(docs)
+    assert changed != first and TokenFile(changed)[:].tolist() == joined_tokens(docs)
 
 
 def test_bad_paths_and_columns_are_one_line_errors(tmp_path, verdict_text):

@@ -86,7 +86,8 @@ def test_safe_checkpoint_io_round_trip(tmp_path):
     [
         (["model=gpt3"], "error: unknown model=gpt3; choose one of: gpt124m, gpt1558m, gpt355m, gpt774m, tiny"),
         (["-m", "model=tiny,huge"], "error: unknown model=huge; choose one of"),
-        (["+experiment=book_ch6"], "error: unknown experiment=book_ch6; choose one of: book_ch5"),
+        (["+experiment=book_ch6"], "error: unknown experiment=book_ch6; choose one of: book_appendix_d, book_ch5, "
+                                   "gpt2_124m_fineweb, gutenberg, tinystories"),
         (["decoding=beam"], "error: unknown decoding=beam; choose one of: greedy, sample"),
     ],
 )

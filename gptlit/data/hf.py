@@ -227,16 +227,16 @@ class HFDataModule(TextDataModule):
         head = list(itertools.islice(batches, 2 * workers))
         try:
             if workers == 1 or len(head) < 2 * workers:
-                write_token_file(target, documents(map(encode_documents, itertools.chain(head, batches))), get_tokenizer().n_vocab)
+                tokens = documents(map(encode_documents, itertools.chain(head, batches)))
+                write_token_file(target, tokens, get_tokenizer().n_vocab)
             else:
                 # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gptlit.data.token_cache"])
                 with context.Pool(workers) as pool:
                     tasks = itertools.chain(head, batches)
-                    write_token_file(
-                        target, documents(ordered_map(pool, encode_documents, tasks, 2 * workers)), get_tokenizer().n_vocab
-                    )
+                    tokens = documents(ordered_map(pool, encode_documents, tasks, 2 * workers))
+                    write_token_file(target, tokens, get_tokenizer().n_vocab)
         finally:
             bar.close()
 
