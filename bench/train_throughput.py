@@ -44,7 +44,7 @@ SMOKE_OVERRIDES = ["model=tiny", "data.context_length=32", "callbacks.throughput
 # The callbacks that stay in the timed Lightning run: throughput is part of every default run, so its cost counts.
 TIMED_CALLBACKS = ("throughput", "fast_float32_matmuls")
 TIMED_TRAINER = ["~logger", "+trainer.enable_checkpointing=false", "+trainer.enable_progress_bar=false",
-                 "+trainer.enable_model_summary=false", "trainer.limit_val_batches=0", "trainer.max_epochs=-1",
+                 "trainer.enable_model_summary=false", "trainer.limit_val_batches=0", "trainer.max_epochs=-1",
                  "trainer.max_steps=1000000000"]
 
 
