@@ -127,7 +127,7 @@ def hf_run(tmp_path: Path, path: Path) -> list[str]:
     return ["model=tiny", "data=hf", f"data.path={path}", f"data.cache_dir={tmp_path / 'cache'}",
             "data.context_length=32", "data.tokenize_workers=1", "data.progress=false", "trainer.accelerator=cpu",
             "trainer.devices=1", "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
-            "+trainer.enable_model_summary=false", "~logger", "callbacks.loss_plot=null", "callbacks.sample_text=null",
+            "~logger", "callbacks.loss_plot=null", "callbacks.sample_text=null",
             f"run_dir={tmp_path / 'run'}"]
 
 

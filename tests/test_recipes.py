@@ -45,7 +45,7 @@ def fineweb_fixture(folder: Path, text: str) -> Path:
 FIXTURES = {"tinystories": tinystories_fixture, "gutenberg": gutenberg_fixture, "gpt2_124m_fineweb": fineweb_fixture}
 TINY = ["model.emb_dim=32", "model.n_heads=2", "model.n_layers=2", "data.context_length=32", "data.batch_size=2",
         "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "trainer.accelerator=cpu", "trainer.devices=1",
-        "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "+trainer.enable_model_summary=false",
+        "+trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
         "~logger", "callbacks.loss_plot=null", "sample.max_new_tokens=5"]
 # Each recipe's own length setting, shrunk to 3 steps; the token recipes keep accumulating 2 micro-batches.
 LENGTH = {
