@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.errors import UserError
 from gptlit.training.nonfinite import NonFiniteGuard
 from gptlit.training.console import show
 from gptlit.weights.io import init_model
@@ -94,11 +95,6 @@ class GPTLitModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # The rate this step uses, whether a scheduler set it or not.
-        rate = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float64)  # float64: the rate exactly
-        self.log("train/lr", rate, on_step=True, on_epoch=False, batch_size=1)
-
     def configure_gradient_clipping(
         self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
@@ -131,6 +127,9 @@ class GPTLitModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # The rate this step uses, whether a scheduler set it or not; float64, so the logged rate is exact.
+        rate = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float64)
+        self.log("train/lr", rate, on_step=True, on_epoch=False, batch_size=1)
         self.nonfinite.before_optimizer_step(optimizer)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
