@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -84,3 +85,13 @@ def compose_train(run_dir: Path, *overrides: str):
 @pytest.fixture
 def train_cfg(tmp_path):
     return lambda *overrides, run_dir=None: compose_train(run_dir or tmp_path, *overrides)
+
+
+# A tqdm bar: "Epoch 0:  56%|█████▌    | 5/9 [00:28<00:23, ...", "Training: |          | 0/? [00:00<?, ...".
+PROGRESS_BAR = re.compile(r"[^|]*: *(\d+%)?\|.*\| *\S+/\S+ \[")
+
+
+def terminal_lines(output: str) -> list[str]:
+    """What a terminal keeps: each piece between carriage returns and newlines, without progress bars."""
+    pieces = (piece.rstrip() for piece in re.split(r"[\r\n]", output))
+    return [piece for piece in pieces if piece.strip() and not PROGRESS_BAR.match(piece.strip())]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import ROOT, find_verdict
+from .conftest import ROOT, find_verdict, terminal_lines
 
 # Text in a command that keeps it from running here, and why.
 SKIP = {
@@ -30,6 +30,7 @@ SKIP = {
     "ckpt_path=downloaded.ckpt": "needs a hostile file (tests/test_reliability.py makes one)",
     "data.path=notes.txt": "a missing data.path: its handling is changing (download of The Verdict)",
     "--cfg job --resolve": "the precision picked depends on the machine",
+    "hydra.run.dir=/tmp/ctrlc": "the default 124M run stopped by Ctrl-C (tests/test_resume.py sends real signals)",
 }
 GPU_ONLY = ("trainer=gpu", "device=cuda")  # these run for real on a machine with a GPU
 
@@ -61,16 +62,6 @@ def complete(command: str) -> bool:
         return True
     except ValueError:  # "No closing quotation"
         return False
-
-
-# A tqdm bar: "Epoch 0:  56%|█████▌    | 5/9 [00:28<00:23, ...", "Training: |          | 0/? [00:00<?, ...".
-PROGRESS_BAR = re.compile(r"[^|]*: *(\d+%)?\|.*\| *\S+/\S+ \[")
-
-
-def terminal_lines(output: str) -> list[str]:
-    """What a terminal keeps: each piece between carriage returns and newlines, without progress bars."""
-    pieces = (piece.rstrip() for piece in re.split(r"[\r\n]", output))
-    return [piece for piece in pieces if piece.strip() and not PROGRESS_BAR.match(piece.strip())]
 
 
 def line_pattern(expected: str) -> re.Pattern:

@@ -32,7 +32,7 @@ def test_tensorboard_hparams_tab_holds_the_config_and_the_loss_metrics(tmp_path)
     assert start.hparams["model/emb_dim"].number_value == 32
     assert start.hparams["data/context_length"].number_value == 32
     assert start.hparams["optimizer/lr"].number_value == pytest.approx(4e-4)
-    assert start.hparams["trainer/_target_"].string_value == "lightning.Trainer"
+    assert start.hparams["trainer/_target_"].string_value == "gptlit.training.trainer.Trainer"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == set(loggers.HPARAM_METRICS)
     assert [e.step for e in events.Scalars("val/loss")] == [2]  # the metric the tab shows, logged by training

@@ -13,7 +13,8 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.core.device import resolve_device_type, why_unavailable
@@ -53,12 +54,21 @@ def check_trainer(trainer: DictConfig) -> None:
     if missing:
         raise UserError(f"trainer.accelerator={accelerator} asks for a GPU, but {missing}; train on the CPU with "
                         "trainer=cpu, or use the default trainer, which picks the device this machine has")
-    strategy = trainer.get("strategy")
-    strategy_name = str(strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else strategy or "")
-    if "fsdp" in strategy_name.lower() and resolve_device_type(accelerator) != "cuda":
+    if is_fsdp(trainer.get("strategy")) and resolve_device_type(accelerator) != "cuda":
         raise UserError(f"trainer=fsdp needs CUDA GPUs, but this run's device is {resolve_device_type(accelerator)} "
                         f"(trainer.accelerator={accelerator}); run it on a GPU machine, or try data-parallel "
                         "training on the CPU with trainer=ddp trainer.accelerator=cpu")
+
+
+def is_fsdp(strategy) -> bool:
+    """Lightning's FSDP strategy, by its registry name ("fsdp", "fsdp_cpu_offload", ...) or a class derived from it;
+    a strategy that only has FSDP in its name (tests/training_parts.ShardedLikeFSDP) is not."""
+    if OmegaConf.is_dict(strategy):
+        try:
+            return issubclass(get_class(strategy.get("_target_", "")), FSDPStrategy)
+        except Exception:  # an unknown class is reported where Hydra instantiates it, with Hydra's message
+            return False
+    return str(strategy or "").lower().startswith("fsdp")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
