@@ -270,6 +270,10 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
         ("train.py", ["trainer=fsdp", "trainer.accelerator=cpu"], "error: trainer=fsdp needs CUDA GPUs, but this run's "
          "device is cpu (trainer.accelerator=cpu); run it on a GPU machine, or try data-parallel training on the CPU "
          "with trainer=ddp trainer.accelerator=cpu"),
+        ("train.py", ["trainer.max_epochs=abc"], "error: trainer.max_epochs must be an integer, -1 for no limit, "
+         "got 'abc'"),
+        ("train.py", ["trainer.val_check_interval=x"], "error: trainer.val_check_interval must be a number of batches "
+         "or steps (an integer) or a fraction (0.0 to 1.0), got 'x'"),
         pytest.param("generate.py", ["device=cuda", "pretrained=gpt2"], "error: device=cuda was asked for, but torch "
                      "sees no CUDA GPU on this machine (a CPU-only torch build sees none either); use device=auto or "
                      "device=cpu", marks=NO_CUDA),

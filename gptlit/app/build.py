@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.core.device import resolve_device_type, why_unavailable
-from gptlit.errors import UserError
+from gptlit.errors import UserError, check_int
 from gptlit.training.checkpoint_io import SafeCheckpointIO
 from gptlit.training.loggers import log_hyperparameters
 from gptlit.training.module import GPTLitModule
@@ -47,6 +47,17 @@ def quiet_known_warnings(cfg: DictConfig) -> None:
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
+INTEGER_KEYS = (
+    ("max_epochs", -1, "an integer, -1 for no limit"),
+    ("max_steps", -1, "an integer, -1 for no limit"),
+    ("log_every_n_steps", 1, "a positive integer"),
+    ("accumulate_grad_batches", 1, "a positive integer"),
+    ("num_sanity_val_steps", -1, "an integer, -1 for all batches"),
+    ("check_val_every_n_epoch", 1, "a positive integer or null"),
+)
+FRACTION_OR_COUNT_KEYS = ("val_check_interval", "limit_train_batches", "limit_val_batches")
+
+
 def check_trainer(trainer: DictConfig) -> None:
     """Refuse, in one line naming the fix, a trainer this machine cannot run, before anything is built."""
     accelerator = str(trainer.get("accelerator", "auto"))
@@ -54,6 +65,15 @@ def check_trainer(trainer: DictConfig) -> None:
     if missing:
         raise UserError(f"trainer.accelerator={accelerator} asks for a GPU, but {missing}; train on the CPU with "
                         "trainer=cpu, or use the default trainer, which picks the device this machine has")
+    # Lightning asserts on these types deep inside fit(), after the run directory is made: check them first.
+    for key, minimum, what in INTEGER_KEYS:
+        if trainer.get(key) is not None:
+            check_int(f"trainer.{key}", trainer[key], minimum, what)
+    for key in FRACTION_OR_COUNT_KEYS:
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise UserError(f"trainer.{key} must be a number of batches or steps (an integer) or a fraction "
+                            f"(0.0 to 1.0), got {value!r}")
     if is_fsdp(trainer.get("strategy")) and resolve_device_type(accelerator) != "cuda":
         raise UserError(f"trainer=fsdp needs CUDA GPUs, but this run's device is {resolve_device_type(accelerator)} "
                         f"(trainer.accelerator={accelerator}); run it on a GPU machine, or try data-parallel "
