@@ -42,7 +42,12 @@ def mlflow_logger(tracking_uri: str | None = None, **kwargs: Any) -> MLFlowLogge
 def wandb_logger(**kwargs: Any) -> WandbLogger:
     """Lightning's WandbLogger (``offline=true`` or ``WANDB_MODE=offline`` runs without an account)."""
     require("wandb", "wandb", "wandb")
-    return WandbLogger(**kwargs)
+    logger = WandbLogger(**kwargs)
+    # Lightning always hands wandb.init an `anonymous` key (None when unset); wandb 0.2x warns on every run that
+    # the setting has no effect. Unset, it is left out.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
