@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gptlit.app.cli import check_group_choices, exit_on_user_error, fail
-from gptlit.core.device import pick_device
+from gptlit.core.device import pick_device, precision_dtype
 from gptlit.errors import UserError
 from gptlit.training.plan import describe, plan_run, process_rss, steps_for
-from gptlit.training.precision import precision_dtype, register_resolver
+from gptlit.training.precision import register_resolver
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 

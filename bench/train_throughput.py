@@ -130,7 +130,7 @@ def plain_step(cfg, datamodule, module, device):
     import torch
 
     from gptlit.training.module import cross_entropy
-    from gptlit.training.precision import precision_dtype
+    from gptlit.core.device import precision_dtype
 
     stream = batches(datamodule.train_dataloader())
     model = module.model.to(device).train()

@@ -95,3 +95,22 @@ def terminal_lines(output: str) -> list[str]:
     """What a terminal keeps: each piece between carriage returns and newlines, without progress bars."""
     pieces = (piece.rstrip() for piece in re.split(r"[\r\n]", output))
     return [piece for piece in pieces if piece.strip() and not PROGRESS_BAR.match(piece.strip())]
+
+
+# transformers' GPT-2 at the tests' tiny size.
+HF_TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
+
+
+def tiny_hf_gpt2(folder: Path, tied: bool = True):
+    """A random tiny transformers GPT-2 saved to ``folder`` as the hub's GPT-2 repositories store it, its biases
+    drawn too (random init leaves them at zero, which would hide a misplaced bias, the c_attn split's above all)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**HF_TINY, tie_word_embeddings=tied)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    model.save_pretrained(folder)
+    return model

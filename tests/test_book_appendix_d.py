@@ -9,13 +9,12 @@ import re
 
 import torch
 from llms_from_scratch.appendix_d import train_model
-from llms_from_scratch.ch02 import GPTDatasetV1
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
-from torch.utils.data import DataLoader
 
 from gptlit.app.build import fit
 from gptlit.core.tokenizer import get_tokenizer
 
+from .book_reference import book_loaders
 from .test_configs import compose_train
 
 SIZE = {"emb_dim": 128, "n_heads": 4, "n_layers": 2}
@@ -25,12 +24,7 @@ CONTEXT, EPOCHS = 64, 1
 def book_run(text):
     """Appendix D's training cells, with the model, the context and the epochs shrunk."""
     tokenizer = get_tokenizer()
-    split = int(0.9 * len(text))
-    torch.manual_seed(123)
-    train_loader = DataLoader(GPTDatasetV1(text[:split], tokenizer, CONTEXT, CONTEXT), batch_size=2,
-                              shuffle=True, drop_last=True)
-    val_loader = DataLoader(GPTDatasetV1(text[split:], tokenizer, CONTEXT, CONTEXT), batch_size=2,
-                            shuffle=False, drop_last=False)
+    train_loader, val_loader = book_loaders(text, tokenizer, CONTEXT)
     warmup_steps = int(0.2 * len(train_loader) * EPOCHS)
     torch.manual_seed(123)
     cfg = {"vocab_size": 50257, "context_length": CONTEXT, "drop_rate": 0.1, "qkv_bias": False, **SIZE}

@@ -3,14 +3,13 @@
 import re
 
 import torch
-from llms_from_scratch.ch02 import GPTDatasetV1
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from llms_from_scratch.ch05 import train_model_simple
-from torch.utils.data import DataLoader
 
 from gptlit.core.tokenizer import get_tokenizer
 from gptlit.app.build import fit as train
 
+from .book_reference import book_loaders
 from .test_configs import compose_train
 
 TINY = {"emb_dim": 32, "n_heads": 4, "n_layers": 2}
@@ -20,12 +19,7 @@ CONTEXT, EPOCHS = 64, 2
 def book_run(text):
     """Chapter 5's training script, with the model and context shrunk."""
     tokenizer = get_tokenizer()
-    split = int(0.9 * len(text))
-    torch.manual_seed(123)
-    train_loader = DataLoader(GPTDatasetV1(text[:split], tokenizer, CONTEXT, CONTEXT), batch_size=2,
-                              shuffle=True, drop_last=True)
-    val_loader = DataLoader(GPTDatasetV1(text[split:], tokenizer, CONTEXT, CONTEXT), batch_size=2,
-                            shuffle=False, drop_last=False)
+    train_loader, val_loader = book_loaders(text, tokenizer, CONTEXT)
     torch.manual_seed(123)
     cfg = {"vocab_size": 50257, "context_length": CONTEXT, "drop_rate": 0.1, "qkv_bias": False, **TINY}
     model = BookGPTModel(cfg)

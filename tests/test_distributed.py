@@ -173,3 +173,16 @@ def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_
     for name in ("model.safetensors", "model.pth"):
         exported = read_weights(run_dir / name).state
         assert all(torch.equal(exported[k], final[k]) for k in final), name
+
+
+def test_ddp_run_resumed_mid_epoch_continues_in_the_same_data_order(tmp_path, verdict_path):
+    # Shuffled windows, cut at step 5 of a 36-step epoch: the resumed ranks must take up their shares of the same
+    # epoch's order at batch 6, not start the epoch over, and the next epoch must draw the order it would have.
+    ddp = ("trainer=ddp", "trainer.devices=2", "data.shuffle=true")
+    whole, _ = run_train(tmp_path / "whole", verdict_path, *ddp, "trainer.max_steps=40")
+    cut, _ = run_train(tmp_path / "cut", verdict_path, *ddp, "trainer.max_steps=5")
+    state = read_checkpoint(cut / "checkpoints" / "last.ckpt")["TextDataModule"]
+    assert state == {"train_order_epoch": 0, "train_samples_done_per_rank": 10, "world_size": 2}  # 5 batches of 2
+    resumed, _ = run_train(tmp_path / "resumed", verdict_path, *ddp, "trainer.max_steps=40",
+                           f"ckpt_path={cut / 'checkpoints' / 'last.ckpt'}")
+    assert max_weight_diff(final_weights(resumed), final_weights(whole)) == 0.0

@@ -11,29 +11,19 @@ import urllib.request
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import eval as eval_py
 from gptlit.core.tokenizer import encode
 from gptlit.errors import UserError, find_user_error
 from gptlit.evaluation import hellaswag
 from gptlit.evaluation.perplexity import sliding_windows
-from tests.conftest import ROOT, compose_config, find_verdict
-
-HF_TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
+from tests.conftest import ROOT, compose_config, find_verdict, tiny_hf_gpt2
 
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(**HF_TINY)).eval()
-    with torch.no_grad():  # random init leaves biases at zero; make them count
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.02)
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(folder)
-    return folder, model
+    return folder, tiny_hf_gpt2(folder)
 
 
 def run_eval(run_dir, *overrides) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import export as export_py
 from gptlit.app.build import fit as train
@@ -19,10 +19,9 @@ from gptlit.core.tokenizer import encode
 from gptlit.errors import UserError, find_user_error
 from gptlit.weights import gpt2
 from gptlit.weights.io import model_from_weights, read_weights
-from tests.conftest import ROOT, compose_config, compose_train
+from tests.conftest import ROOT, compose_config, compose_train, tiny_hf_gpt2
 
 PROMPT = "Every effort moves you"
-HF_TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
 
 
 def export(out_dir, *overrides):
@@ -88,13 +87,7 @@ def test_tokenizer_loads_offline_and_encodes_as_gptlit(tmp_path, trained):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_gpt2_folder_round_trip(tmp_path, tied):
-    torch.manual_seed(0)
-    original = GPT2LMHeadModel(GPT2Config(**HF_TINY, tie_word_embeddings=tied)).eval()
-    with torch.no_grad():
-        for name, p in original.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.02)
-    original.save_pretrained(tmp_path / "original")
+    tiny_hf_gpt2(tmp_path / "original", tied=tied)
     out = export(tmp_path / "exported", f"pretrained={tmp_path / 'original'}")
     model = model_from_weights(read_weights(str(out)))
     assert (model.out_head.weight is model.tok_emb.weight) == tied

@@ -5,7 +5,8 @@ import torch
 from hydra.utils import instantiate
 
 from gptlit.training import precision
-from gptlit.training.precision import BF16_MARGIN, Probe, default_precision, precision_dtype
+from gptlit.core.device import precision_dtype
+from gptlit.training.precision import BF16_MARGIN, Probe, default_precision
 from tests.conftest import compose_config
 
 

@@ -3,32 +3,20 @@ import logging
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlit.weights import gpt2 as pretrained
 from gptlit.errors import UserError
 from gptlit.core.generation import generate
 from gptlit.training.module import GPTLitModule
 from gptlit.weights.io import model_from_weights, read_weights
-from tests.conftest import compose_train
+from tests.conftest import compose_train, tiny_hf_gpt2
 from gptlit.app.build import fit as train
-
-HF_TINY = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)
 
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
-    """A tiny random GPT-2 written the way transformers (and the hub's openai-community repos) store it."""
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(**HF_TINY)).eval()
-    # Random init leaves the biases at zero; make them count so the c_attn bias split is checked too.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.02)
     folder = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(folder)
-    return folder, model
+    return folder, tiny_hf_gpt2(folder)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +45,7 @@ def test_greedy_generation_equals_transformers(ours, hf_folder):
 
 
 def test_a_separate_lm_head_is_kept_separate(tmp_path):
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config(**HF_TINY, tie_word_embeddings=False)).eval()
-    hf.save_pretrained(tmp_path)
+    hf = tiny_hf_gpt2(tmp_path, tied=False)
     model = model_from_weights(read_weights(str(tmp_path))).eval()
     assert model.out_head.weight is not model.tok_emb.weight
     idx = torch.randint(0, 50257, (1, 12))

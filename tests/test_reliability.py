@@ -1,7 +1,6 @@
 """Bad input caught early with one line, safe loading, atomic writes, non-finite losses."""
 
 import os
-import pickle
 import subprocess
 import sys
 

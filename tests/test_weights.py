@@ -1,12 +1,9 @@
 import logging
-import pickle
-from pathlib import Path
 
 import pytest
 import torch
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gptlit.errors import UserError
 from gptlit.core.model import GPTConfig, GPTModel

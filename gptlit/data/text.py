@@ -6,6 +6,7 @@ A UTF-8 text is split by characters into train and validation parts, each part i
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -89,6 +90,34 @@ class ResumableRandomSampler(Sampler[int]):
         yield from torch.randperm(self.n, generator=generator).tolist()[start : self.limit]
 
 
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler whose next epoch can start mid-way. Its order is fixed by the seed and the epoch, so a
+    checkpoint needs only those and the position in this rank's share.
+
+    The epoch is the sampler's own: Lightning's count, which it passes to ``set_epoch``, runs one ahead after a
+    resume from a run that ``max_steps`` stopped mid-epoch, so a resumed sampler keeps the offset to it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._start = 0
+        self._resume_epoch: int | None = None
+        self._offset = 0
+
+    def resume(self, epoch: int, start: int) -> None:
+        """Make the next epoch ``epoch``'s order, skipping the first ``start`` indices of this rank's share."""
+        self._resume_epoch, self._start = epoch, start
+
+    def set_epoch(self, epoch: int) -> None:
+        if self._resume_epoch is not None:
+            self._offset, self._resume_epoch = self._resume_epoch - epoch, None
+        super().set_epoch(epoch + self._offset)
+
+    def __iter__(self) -> Iterator[int]:
+        start, self._start = self._start, 0
+        return itertools.islice(super().__iter__(), start, None)
+
+
 def download(url: str, path: Path) -> None:
     """Fetch ``url`` into ``path``; a failed download leaves nothing behind."""
     fetch(url, path, fix="put a UTF-8 text file there or set data.path=/path/to/text.txt")
@@ -126,7 +155,8 @@ class TextDataModule(L.LightningDataModule):
         self.encoding_errors = encoding_errors
         self.train_set: TokenWindows | None = None
         self.val_set: TokenWindows | None = None
-        self.train_sampler: ResumableRandomSampler | None = None
+        self.train_sampler: ResumableRandomSampler | ResumableDistributedSampler | None = None
+        self._resume_at: tuple[int, int] | None = None  # a distributed run's (epoch, position), for its loader
 
     def prepare_data(self) -> None:
         # A mistyped data.path must not become a fresh copy of The Verdict that the run then trains on: only the
@@ -210,7 +240,9 @@ class TextDataModule(L.LightningDataModule):
             else:
                 # drop_last trims the tail so that every rank gets as many windows, none repeated; each rank's
                 # share is then cut to whole steps, dropping the last windows of the common order.
-                sampler = DistributedSampler(dataset, **ranks, shuffle=shuffle, seed=seed, drop_last=drop_last)
+                sampler = ResumableDistributedSampler(
+                    dataset, **ranks, shuffle=shuffle, seed=seed, drop_last=drop_last
+                )
                 sampler.num_samples = self._whole_steps(sampler.num_samples)
                 sampler.total_size = sampler.num_samples * sampler.num_replicas
         return DataLoader(
@@ -225,7 +257,12 @@ class TextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self._distributed():
-            return self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
+            loader = self._loader(self.train_set, shuffle=self.shuffle, drop_last=True)
+            self.train_sampler = loader.sampler
+            if self._resume_at is not None:
+                self.train_sampler.resume(*self._resume_at)
+                self._resume_at = None
+            return loader
         limit = self._whole_steps(len(self.train_set))
         if self.shuffle:
             if self.train_sampler is None:
@@ -237,19 +274,32 @@ class TextDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Where the training epoch stands, so a run interrupted mid-epoch resumes in the same order."""
         sampler = self.train_sampler
-        if sampler is None or sampler.seed is None or self.trainer is None:
+        if sampler is None or self.trainer is None:
             return {}
         # "processed": during on_train_batch_end, where checkpoints are taken mid-epoch, "completed" lags by one.
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if not 0 < done < self.trainer.num_training_batches:
             return {}  # at an epoch boundary the next epoch draws a fresh order, as it would have anyway
+        if isinstance(sampler, ResumableDistributedSampler):
+            # Each rank has done as many batches; the order follows from the seed and epoch a resume restores.
+            return {"train_order_epoch": sampler.epoch, "train_samples_done_per_rank": done * self.batch_size,
+                    "world_size": self.trainer.world_size}
+        if sampler.seed is None:
+            return {}
         return {"train_order_seed": sampler.seed, "train_samples_done": done * self.batch_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "train_order_seed" in state_dict:
+        if "train_order_seed" in state_dict and not self._distributed():
             self.setup("fit")
             self.train_sampler = ResumableRandomSampler(len(self.train_set), self._whole_steps(len(self.train_set)))
             self.train_sampler.resume(state_dict["train_order_seed"], state_dict["train_samples_done"])
+        elif "train_samples_done_per_rank" in state_dict and state_dict["world_size"] == self._world_size():
+            self._resume_at = (state_dict["train_order_epoch"], state_dict["train_samples_done_per_rank"])
+        # Otherwise the run was cut mid-epoch with another number of processes: its order cannot be continued,
+        # and the epoch restarts in the new order (Lightning warns that a mid-epoch resume may repeat batches).
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
 
     def val_dataloader(self) -> list[DataLoader]:
         # Evaluation estimates the training loss too, in eval mode over the (shuffled) train loader as the book's

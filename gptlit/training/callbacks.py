@@ -23,7 +23,7 @@ from gptlit.training.full_model import full_model
 from gptlit.training.console import show
 from gptlit.training.module import GPTLitModule
 from gptlit.training.plot import plot_losses
-from gptlit.training.precision import precision_dtype
+from gptlit.core.device import precision_dtype
 from gptlit.training.throughput import measure_matmul_flops, training_flops_per_token
 from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
 from gptlit.weights.io import save_book_pth, save_safetensors

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gptlit.core.device import precision_dtype, resolve_device_type  # noqa: F401 (precision_dtype: its old home)
+from gptlit.core.device import resolve_device_type
 from gptlit.core.model import GPTConfig
 from gptlit.files import atomic_write
 from gptlit.training.throughput import measure_matmul_flops, step_matmul_shapes
@@ -137,6 +137,9 @@ def probe(device: str, emb_dim: int, vocab_size: int, tokens: int) -> Probe:
         cached = {}  # missing or damaged: measure again and write a whole new file
     try:
         found = Probe(**cached[key])
+        # Said once, when measured; a run that reads the cache says the precision in its summary line.
+        log.debug(found.describe())
+        return found
     except (KeyError, TypeError):
         found = measure(device, shapes)
         cached[key] = asdict(found)
