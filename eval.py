@@ -19,7 +19,7 @@ from gptlit.errors import UserError
 from gptlit.evaluation import hellaswag
 from gptlit.evaluation.perplexity import perplexity
 from gptlit.evaluation.splits import token_split
-from gptlit.files import atomic_write
+from gptlit.files import atomic_write, shown_path
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     path = Path(cfg.run_dir) / "eval.json"
     with atomic_write(path, "w") as f:
         json.dump(report, f, indent=2)
-    print(f"wrote {path}")
+    print(f"wrote {shown_path(path)}")
     return report
 
 

@@ -142,3 +142,12 @@ def fetch(url: str, path: str | Path, fix: str) -> None:
         reason = getattr(err, "reason", None)
         detail = f"{err.__class__.__name__}: {reason}" if reason else err.__class__.__name__
         raise UserError(f"{path} is missing and could not be downloaded from {url} ({detail}); {fix}") from None
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it, as the user would type it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

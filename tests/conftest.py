@@ -91,9 +91,15 @@ def train_cfg(tmp_path):
 PROGRESS_BAR = re.compile(r"[^|]*: *(\d+%)?\|.*\| *\S+/\S+ \[")
 
 
+# What a terminal does not show: the colour and style codes some tools write even when their output is not a
+# terminal (wandb's closing lines), and control characters (a random model's sample can hold token 31, "\x1f").
+INVISIBLE = re.compile(r"\x1b\[[0-9;]*m|[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]")
+
+
 def terminal_lines(output: str) -> list[str]:
-    """What a terminal keeps: each piece between carriage returns and newlines, without progress bars."""
-    pieces = (piece.rstrip() for piece in re.split(r"[\r\n]", output))
+    """What a terminal keeps: each piece between carriage returns and newlines, as shown (without colour codes),
+    without progress bars."""
+    pieces = (piece.rstrip() for piece in re.split(r"[\r\n]", INVISIBLE.sub("", output)))
     return [piece for piece in pieces if piece.strip() and not PROGRESS_BAR.match(piece.strip())]
 
 

@@ -62,11 +62,13 @@ class ConsoleHandler(logging.StreamHandler):
 
 class QuietLightning(logging.Filter):
     """Drop Lightning's start-up chatter that says nothing about this run: which accelerators exist (the run's
-    own summary names the device and precision it uses) and an advertisement for a logging service. Every
-    other Lightning message, and every warning, passes."""
+    own summary names the device and precision it uses), an advertisement for a logging service, and the note
+    that it reads the train loader's length for a learning-rate schedule. Every other Lightning message, and
+    every warning, passes."""
 
     NOISE = re.compile(
         r"(GPU|TPU|HPU) available: |💡 Tip: |LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: |Using .* Automatic Mixed Precision"
+        r"|Loading `train_dataloader` to estimate number of stepping batches"
     )
 
     def filter(self, record: logging.LogRecord) -> bool:

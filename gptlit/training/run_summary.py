@@ -7,21 +7,13 @@ from pathlib import Path
 
 import lightning as L
 
+from gptlit.files import shown_path
 from gptlit.training.console import show
 from gptlit.training.module import GPTLitModule
 
 
 def millions(n: int) -> str:
     return f"{n / 1e6:.1f}M"
-
-
-def shown_path(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it, as the user would type it."""
-    path = path.resolve()
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 class RunSummary(L.Callback):
