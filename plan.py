@@ -7,6 +7,7 @@ for the whole run; on a GPU also the largest micro-batch that fits. Takes second
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gptlit.app.cli import check_group_choices, exit_on_user_error, fail
 from gptlit.core.device import pick_device, precision_dtype
 from gptlit.errors import UserError
-from gptlit.training.plan import describe, plan_run, process_rss, steps_for
+from gptlit.training.plan import batches_per_evaluation, describe, evaluation_count, plan_run, process_rss, steps_for
 from gptlit.training.precision import register_resolver
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -71,10 +72,20 @@ def plan(cfg: DictConfig) -> str:
     tokens_per_step = micro_batch * model.context_length * devices * accumulation
     steps, budget = steps_for(cfg.trainer.max_steps, cfg.trainer.max_epochs, steps_per_epoch,
                               cfg.trainer.get("max_tokens"), tokens_per_step)
+    # Evaluation reads both splits: the train split's batches (the book's estimate of the training loss) and
+    # the val split's, each rank its share.
+    book_schedule = (cfg.get("callbacks") or {}).get("book_schedule")
+    evaluations = evaluation_count(steps, cfg.trainer.val_check_interval,
+                                   book_schedule.get("eval_freq") if book_schedule else None)
+    limit = book_schedule.get("eval_iter") if book_schedule else cfg.trainer.limit_val_batches
+    eval_batches = sum(
+        batches_per_evaluation(limit, math.ceil(len(windows) / micro_batch / devices))
+        for windows in (datamodule.train_set, datamodule.val_set)
+    )
     run = plan_run(
         model, micro_batch, devices, accumulation, device, precision,
         precision_dtype(precision) if precision.endswith("-mixed") else None,
-        instantiate(cfg.optimizer), steps, steps_per_epoch, budget, baseline,
+        instantiate(cfg.optimizer), steps, steps_per_epoch, budget, baseline, evaluations, eval_batches,
     )
     return describe(run)
 

@@ -14,6 +14,8 @@ from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.training.plan import (
     FP32_BYTES,
     activation_bytes_per_token,
+    batches_per_evaluation,
+    evaluation_count,
     largest_micro_batch,
     parameter_count,
     plan_memory,
@@ -77,6 +79,17 @@ def test_whole_run_ends_at_the_first_limit():
     assert steps_for(20, 10, 9, None, 512) == (20, "trainer.max_steps=20")
     assert steps_for(-1, 10, 9, 5120, 512) == (10, "a budget of 5,120 tokens")
     assert steps_for(-1, None, None, None, 512) == (None, "no limit set")
+
+
+def test_evaluations_follow_the_interval_or_the_books_schedule():
+    # The default run: 90 steps, evaluated after steps 5, 10, ..., 90 (18 lines); the book's run after steps
+    # 1, 6, ..., 86 (18 lines too); a fractional interval counts epochs, which the plan leaves out.
+    assert evaluation_count(90, 5) == 18 and evaluation_count(90, 5, eval_freq=5) == 18
+    assert evaluation_count(91, 5, eval_freq=5) == 19 and evaluation_count(90, 0.5) is None
+    assert evaluation_count(None, 5) is None
+    # limit_val_batches: a count, capped by the split's batches, or a fraction of them.
+    assert batches_per_evaluation(5, 9) == 5 and batches_per_evaluation(5, 1) == 1
+    assert batches_per_evaluation(0.5, 9) == 5 and batches_per_evaluation(1.0, 9) == 9
 
 
 def test_largest_micro_batch_is_the_last_that_fits():

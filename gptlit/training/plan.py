@@ -207,6 +207,8 @@ class RunPlan:
     steps_per_epoch: int | None
     budget: str  # what ends the run, in words
     largest_micro_batch: int | None = None  # GPUs only
+    evaluations: int | None = None  # how many evaluations the run makes, when known
+    eval_batches: int = 0  # micro-batches of both splits per evaluation, each rank's share
 
     @property
     def tokens_per_step(self) -> int:
@@ -219,6 +221,12 @@ class RunPlan:
     @property
     def tokens_per_second(self) -> float:
         return self.tokens_per_step / self.step_seconds
+
+    @property
+    def eval_seconds(self) -> float:
+        """An evaluation's forward passes, each costing about a third of a training micro-batch step (the
+        backward pass does twice the forward's matmuls; no optimizer step)."""
+        return (self.evaluations or 0) * self.eval_batches * self.probe.step_seconds(self.config.n_layers) / 3
 
     @property
     def mfu(self) -> float:
@@ -238,6 +246,8 @@ def plan_run(
     steps_per_epoch: int | None,
     budget: str,
     baseline: int,
+    evaluations: int | None = None,
+    eval_batches: int = 0,
 ) -> RunPlan:
     seq_len = cfg.context_length
     matmul_dtype = autocast_dtype or torch.float32
@@ -263,6 +273,8 @@ def plan_run(
         steps_per_epoch=steps_per_epoch,
         budget=budget,
         largest_micro_batch=largest,
+        evaluations=evaluations,
+        eval_batches=eval_batches,
     )
 
 
@@ -313,8 +325,36 @@ def describe(plan: RunPlan) -> str:
     if plan.steps_per_epoch:
         lines.append(f"  epoch        {plan.steps_per_epoch} steps, {human_seconds(plan.steps_per_epoch * plan.step_seconds)}")
     if plan.steps:
-        lines.append(f"  whole run    {plan.steps} steps ({plan.budget}), {human_seconds(plan.steps * plan.step_seconds)}")
+        training = plan.steps * plan.step_seconds
+        lines.append(f"  whole run    {plan.steps} steps ({plan.budget}), {human_seconds(training)}")
+        if plan.evaluations:
+            lines += [
+                f"  evaluation   {plan.evaluations} x {plan.eval_batches} batches, {human_seconds(plan.eval_seconds)} "
+                "(forward passes: a third of a step each)",
+                f"  total        {human_seconds(training + plan.eval_seconds)}, besides start-up, samples and "
+                "checkpoint writes",
+            ]
     return "\n".join(lines)
+
+
+def evaluation_count(steps: int | None, val_check_interval, eval_freq: int | None = None) -> int | None:
+    """Evaluations of a run of ``steps`` optimizer steps: every ``val_check_interval`` steps, or on the book's
+    schedule (after steps 1, 1 + eval_freq, ...) when ``eval_freq`` is set. None when the interval is a fraction
+    of an epoch or the run's length is unknown."""
+    if not steps:
+        return None
+    if eval_freq:
+        return math.ceil(steps / eval_freq)
+    if isinstance(val_check_interval, int) and not isinstance(val_check_interval, bool) and val_check_interval > 0:
+        return steps // val_check_interval
+    return None
+
+
+def batches_per_evaluation(limit, batches: int) -> int:
+    """How many of a split's ``batches`` an evaluation reads under ``trainer.limit_val_batches``."""
+    if isinstance(limit, float):
+        return math.ceil(limit * batches) if limit < 1.0 else batches
+    return min(int(limit), batches)
 
 
 def steps_for(max_steps: int, max_epochs: int | None, steps_per_epoch: int | None, max_tokens: int | None,
