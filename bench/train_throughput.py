@@ -288,7 +288,11 @@ def main() -> None:
 
     def measure_rates() -> None:
         for dtype, found in rates.items():
-            found.append(measure_matmul_flops("cpu", dtype, size=matmul_size))
+            # Where bf16 is emulated (a CPU without AVX512-BF16 or AMX: about 1 GFLOP/s), one 2048^3 product takes
+            # 20 s; a 512^3 one first tells whether the rate is worth the time.
+            rough = measure_matmul_flops("cpu", dtype, size=min(512, matmul_size), repeats=1)
+            slow = dtype != torch.float32 and rates[torch.float32] and rough < 0.1 * max(rates[torch.float32])
+            found.append(rough if slow else measure_matmul_flops("cpu", dtype, size=matmul_size))
 
     measure_rates()
     for kind in conns:
