@@ -207,8 +207,11 @@ class TextDataModule(L.LightningDataModule):
             )
         self.train_set, self.val_set = parts["train"], parts["val"]
 
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
     def _distributed(self) -> bool:
-        return self.trainer is not None and self.trainer.world_size > 1
+        return self._world_size() > 1
 
     def _whole_steps(self, windows: int) -> int:
         """The windows of one rank's epoch that fill whole optimizer steps. With gradient accumulation over k
@@ -297,9 +300,6 @@ class TextDataModule(L.LightningDataModule):
             self._resume_at = (state_dict["train_order_epoch"], state_dict["train_samples_done_per_rank"])
         # Otherwise the run was cut mid-epoch with another number of processes: its order cannot be continued,
         # and the epoch restarts in the new order (Lightning warns that a mid-epoch resume may repeat batches).
-
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self.trainer is not None else 1
 
     def val_dataloader(self) -> list[DataLoader]:
         # Evaluation estimates the training loss too, in eval mode over the (shuffled) train loader as the book's
