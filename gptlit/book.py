@@ -4,8 +4,10 @@
 ``BookSchedule``. What the book's numbers also depend on but cannot move here is marked at its own site with a
 pointer back to this file:
 
-- ``gptlit/core/model.py``: ``attention="reference"``, the book's explicit masked softmax, whose dropout draws
-  random numbers as the book's does (fused attention's dropout does not);
+- ``gptlit/core/model.py``: ``kernels="book"``, the book's explicit masked softmax, whose dropout draws random
+  numbers as the book's does (fused attention's dropout does not), and its written-out LayerNorm and GELU, which
+  round as the book's do (the fused kernels differ by about 1e-7 a step, enough to move appendix D's third
+  decimal after 40 steps);
 - ``gptlit/data/text.py``: ``val_dataloader`` returns the train split first, shuffled, as the book's
   ``evaluate_model`` reads it, and ``ResumableRandomSampler`` shuffles with RandomSampler's random draws.
 """

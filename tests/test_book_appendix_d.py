@@ -14,7 +14,7 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from gptlit.app.build import fit
 from gptlit.core.tokenizer import get_tokenizer
 
-from .book_reference import book_loaders
+from .book_reference import assert_same_weights, book_loaders
 from .test_configs import compose_train
 
 SIZE = {"emb_dim": 128, "n_heads": 4, "n_layers": 2}
@@ -46,7 +46,7 @@ def book_run(text):
         )
     finally:
         torch.nn.utils.clip_grad_norm_ = clip
-    return rates, warmup_steps, norms
+    return model, rates, warmup_steps, norms
 
 
 def printed_lines(out):
@@ -55,7 +55,7 @@ def printed_lines(out):
 
 
 def test_book_appendix_d_prints_the_books_lines(tmp_path, verdict_path, verdict_text, capsys):
-    rates, warmup_steps, norms = book_run(verdict_text)
+    book, rates, warmup_steps, norms = book_run(verdict_text)
     expected = printed_lines(capsys.readouterr().out)
     # The book clipped every step from warmup_steps on, and each of those clips changed the gradients.
     assert len(norms) == len(rates) - warmup_steps and min(norms) > 1.0
@@ -69,3 +69,4 @@ def test_book_appendix_d_prints_the_books_lines(tmp_path, verdict_path, verdict_
     assert ours == expected
     scheduler = trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.warmup_steps == warmup_steps and scheduler.total_steps == len(rates)
+    assert_same_weights(trainer.lightning_module.model, book)

@@ -9,7 +9,7 @@ from llms_from_scratch.ch05 import train_model_simple
 from gptlit.core.tokenizer import get_tokenizer
 from gptlit.app.build import fit as train
 
-from .book_reference import book_loaders
+from .book_reference import assert_same_weights, book_loaders
 from .test_configs import compose_train
 
 TINY = {"emb_dim": 32, "n_heads": 4, "n_layers": 2}
@@ -26,6 +26,7 @@ def book_run(text):
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0004, weight_decay=0.1)
     train_model_simple(model, train_loader, val_loader, optimizer, "cpu", num_epochs=EPOCHS, eval_freq=5,
                        eval_iter=5, start_context="Every effort moves you", tokenizer=tokenizer)
+    return model
 
 
 def printed_lines(out):
@@ -34,13 +35,15 @@ def printed_lines(out):
 
 
 def test_book_ch5_prints_the_books_lines(tmp_path, verdict_path, verdict_text, capsys):
-    book_run(verdict_text)
+    book = book_run(verdict_text)
     expected = printed_lines(capsys.readouterr().out)
     cfg = compose_train(
         "experiment=book_ch5", f"data.path={verdict_path}", f"data.context_length={CONTEXT}",
         f"trainer.max_epochs={EPOCHS}", *[f"model.{k}={v}" for k, v in TINY.items()], run_dir=tmp_path,
     )
-    train(cfg)
+    trainer = train(cfg)
     ours = printed_lines(capsys.readouterr().out)
     assert sum(line.startswith("Ep ") for line in expected) == 15 and len(expected) == 15 + EPOCHS
     assert ours == expected
+    # Not only the printed three decimals: every weight after 18 steps is the book's to the last bit.
+    assert_same_weights(trainer.lightning_module.model, book)

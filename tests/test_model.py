@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 
 from gptlit.errors import UserError
@@ -35,24 +36,38 @@ def test_same_seed_gives_the_books_initial_weights(tiny_cfg):
         assert torch.equal(tensor, book[name]), name
 
 
-def test_reference_attention_matches_sdpa(tiny_cfg):
-    sdpa = GPTModel(tiny_cfg).eval()
-    reference = GPTModel({**tiny_cfg, "attention": "reference"}).eval()
-    reference.load_state_dict(sdpa.state_dict())
+def test_book_kernels_match_fused(tiny_cfg):
+    fused = GPTModel(tiny_cfg).eval()
+    book = GPTModel({**tiny_cfg, "kernels": "book"}).eval()
+    book.load_state_dict(fused.state_dict())
     idx = torch.randint(0, tiny_cfg["vocab_size"], (2, 20))
     with torch.no_grad():
-        torch.testing.assert_close(reference(idx), sdpa(idx), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(book(idx), fused(idx), atol=1e-5, rtol=1e-5)
 
 
-def test_reference_attention_draws_dropout_like_the_book(tiny_cfg):
+def test_book_kernels_train_bit_for_bit_like_the_book(tiny_cfg):
+    """Same dropout draws, same logits, same gradients to the last bit: the fused kernels' rounding would grow
+    into the third printed decimal of a 15-epoch run (appendix D)."""
     book = BookGPTModel(tiny_cfg).train()
-    ours = GPTModel({**tiny_cfg, "attention": "reference"}).train()
+    ours = GPTModel({**tiny_cfg, "kernels": "book"}).train()
     ours.load_state_dict(book.state_dict())
     idx = torch.randint(0, tiny_cfg["vocab_size"], (2, 16))
+    targets = torch.randint(0, tiny_cfg["vocab_size"], (2, 16))
     torch.manual_seed(5)
     expected = book(idx)
     torch.manual_seed(5)
-    torch.testing.assert_close(ours(idx), expected, atol=1e-5, rtol=1e-5)
+    got = ours(idx)
+    assert torch.equal(got, expected)
+    F.cross_entropy(expected.flatten(0, 1), targets.flatten()).backward()
+    F.cross_entropy(got.flatten(0, 1), targets.flatten()).backward()
+    book_grads = dict(book.named_parameters())
+    for name, param in ours.named_parameters():
+        assert torch.equal(param.grad, book_grads[name].grad), name
+
+
+def test_configs_naming_the_old_reference_attention_load_as_book_kernels(tiny_cfg):
+    assert GPTConfig.from_any({**tiny_cfg, "attention": "reference"}).kernels == "book"
+    assert GPTConfig.from_any({**tiny_cfg, "attention": "sdpa"}).kernels == "fused"
 
 
 def test_dropout_only_in_training(tiny_cfg):
@@ -90,7 +105,7 @@ def test_gpt124m_has_the_books_parameter_count():
         ({"vocab_size": -1}, "model.vocab_size must be a positive integer"),
         ({"drop_rate": 1.0}, "model.drop_rate must be in [0, 1)"),
         ({"drop_rate": -0.1}, "model.drop_rate must be in [0, 1)"),
-        ({"attention": "fast"}, "model.attention must be one of"),
+        ({"kernels": "fast"}, "model.kernels must be one of"),
     ],
 )
 def test_invalid_config_is_refused(tiny_cfg, change, message):

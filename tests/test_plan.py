@@ -48,7 +48,7 @@ def saved_activation_bytes(cfg: GPTConfig, batch: int) -> int:
     [
         {},  # dropout on: SDPA falls back to the math path on a CPU
         {"drop_rate": 0.0},  # SDPA's fused CPU kernel
-        {"attention": "reference"},
+        {"kernels": "book"},
         {"n_heads": 8, "context_length": 64},
         {"emb_dim": 96, "n_layers": 3, "qkv_bias": True},
     ],

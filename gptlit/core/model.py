@@ -17,7 +17,9 @@ from torch import nn
 from gptlit.errors import UserError, check_int
 from gptlit.core.kv_cache import KVCache, LayerCache
 
-ATTENTION_KINDS = ("sdpa", "reference")
+KERNELS = ("fused", "book")
+# Checkpoints and configs written before model.kernels named the book's path model.attention=reference.
+LEGACY_ATTENTION = {"sdpa": "fused", "reference": "book"}
 
 
 @dataclass
@@ -31,10 +33,12 @@ class GPTConfig:
     n_layers: int = 12
     drop_rate: float = 0.1
     qkv_bias: bool = False
-    # "sdpa" runs fused attention kernels; "reference" performs the book's explicit masked softmax, which
-    # consumes the random generator exactly as the book does when dropout is on. Book-only: part of the exact
-    # reproduction that cannot move into gptlit/book.py.
-    attention: str = "sdpa"
+    # "fused" runs PyTorch's fused kernels (SDPA, layer_norm, gelu). "book" runs the book's written-out formulas in
+    # its order of operations: the explicit masked softmax, whose dropout draws random numbers as the book's does,
+    # and LayerNorm and GELU computed term by term. The fused kernels round differently (about 1e-7 per step),
+    # which a long run grows into the printed third decimal. Book-only: part of the exact reproduction that cannot
+    # move into gptlit/book.py.
+    kernels: str = "fused"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -46,8 +50,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.drop_rate < 1.0:
             raise UserError(f"model.drop_rate must be in [0, 1), got {self.drop_rate!r}")
-        if self.attention not in ATTENTION_KINDS:
-            raise UserError(f"model.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.kernels not in KERNELS:
+            raise UserError(f"model.kernels must be one of {KERNELS}, got {self.kernels!r}")
 
     @classmethod
     def from_any(cls, cfg: GPTConfig | Mapping[str, Any]) -> GPTConfig:
@@ -55,7 +59,14 @@ class GPTConfig:
         if isinstance(cfg, cls):
             return cfg
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+        cfg = dict(cfg)
+        if "attention" in cfg and "kernels" not in cfg:
+            cfg["kernels"] = LEGACY_ATTENTION.get(cfg["attention"], cfg["attention"])
+        return cls(**{k: v for k, v in cfg.items() if k in known})
+
+    @property
+    def book_kernels(self) -> bool:
+        return self.kernels == "book"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +82,7 @@ class MultiHeadAttention(nn.Module):
         self.n_heads = cfg.n_heads
         self.head_dim = cfg.head_dim
         self.drop_rate = cfg.drop_rate
-        self.reference = cfg.attention == "reference"
+        self.book = cfg.book_kernels
         # Created in the book's order (query, key, value, projection) so one seed gives the book's weights.
         self.W_query = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
         self.W_key = nn.Linear(cfg.emb_dim, cfg.emb_dim, bias=cfg.qkv_bias)
@@ -90,14 +101,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         b, t, d = x.shape
-        q = self._heads(self.W_query(x))
+        # The book's order: the gradient reaching x sums the three projections' in reverse order of use.
         k = self._heads(self.W_key(x))
+        q = self._heads(self.W_query(x))
         v = self._heads(self.W_value(x))
         if cache is not None:
             # Decoding only (no dropout): the new queries attend to every cached token of their row.
             k, v = cache.update(k, v)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, is_causal=cache.is_causal)
-        elif self.reference:
+        elif self.book:
             scores = (q @ k.transpose(2, 3)).masked_fill(
                 torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf")
             )
@@ -111,20 +123,37 @@ class MultiHeadAttention(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm with the book's parameter names (scale, shift) and eps, on the fused kernel."""
+    """LayerNorm with the book's parameter names (scale, shift) and eps."""
 
-    def __init__(self, emb_dim: int, eps: float = 1e-5):
+    def __init__(self, emb_dim: int, book: bool = False, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
+        self.book = book
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.book:
+            mean = x.mean(dim=-1, keepdim=True)
+            var = x.var(dim=-1, keepdim=True, unbiased=False)
+            return self.scale * ((x - mean) / torch.sqrt(var + self.eps)) + self.shift
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
 
 
+# sqrt(2/pi) as the book computes it: a float32 square root of a float32, one ulp from the double's rounding.
+BOOK_GELU_SCALE = torch.sqrt(torch.tensor(2.0 / math.pi)).item()
+
+
 class GELU(nn.Module):
+    """GPT-2's tanh approximation of GELU."""
+
+    def __init__(self, book: bool = False):
+        super().__init__()
+        self.book = book
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.book:
+            return 0.5 * x * (1 + torch.tanh(BOOK_GELU_SCALE * (x + 0.044715 * torch.pow(x, 3))))
         return F.gelu(x, approximate="tanh")
 
 
@@ -133,7 +162,7 @@ class FeedForward(nn.Module):
         super().__init__()
         # A Sequential so the parameter names are the book's (layers.0, layers.2).
         self.layers = nn.Sequential(
-            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim), GELU(), nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
+            nn.Linear(cfg.emb_dim, 4 * cfg.emb_dim), GELU(cfg.book_kernels), nn.Linear(4 * cfg.emb_dim, cfg.emb_dim)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,8 +174,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.att = MultiHeadAttention(cfg)
         self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg.emb_dim)
-        self.norm2 = LayerNorm(cfg.emb_dim)
+        self.norm1 = LayerNorm(cfg.emb_dim, cfg.book_kernels)
+        self.norm2 = LayerNorm(cfg.emb_dim, cfg.book_kernels)
         self.drop_resid = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
@@ -163,7 +192,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.final_norm = LayerNorm(cfg.emb_dim, cfg.book_kernels)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
 
     def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

@@ -6,9 +6,11 @@ moments. Activations are what autograd keeps for the backward pass, counted on t
 hooks (tests/test_plan.py holds the formula to that count) per token of a micro-batch:
 
 - per transformer block 16 * emb_dim floats; 2.25 * emb_dim more when dropout is on (its masks and outputs);
-  3 * n_heads * context more where attention runs PyTorch's math path (the reference attention, or SDPA with
+  3 * n_heads * context more where attention runs PyTorch's math path (the book kernels' attention, or SDPA with
   dropout on a CPU, whose fused kernel has no dropout), which keeps the attention weights;
 - once, vocab_size + 3 * emb_dim: the logits and the embedding and final-norm outputs;
+- with the book's kernels, 16 * emb_dim more per block and 2 * emb_dim once: its written-out GELU keeps three
+  4 * emb_dim intermediates and each written-out LayerNorm two emb_dim ones;
 
 plus, at the peak in the backward pass, the logits' gradient and the loss's log-softmax (2 * vocab_size floats
 per token). On a CPU the process itself (Python, torch, Lightning, the tokenizer: several hundred MB) is part of
@@ -54,7 +56,7 @@ def parameter_count(cfg: GPTConfig) -> int:
 
 def math_attention(cfg: GPTConfig, device_type: str) -> bool:
     """Whether attention keeps its weights for the backward pass (see the module docstring)."""
-    return cfg.attention == "reference" or (device_type == "cpu" and cfg.drop_rate > 0)
+    return cfg.book_kernels or (device_type == "cpu" and cfg.drop_rate > 0)
 
 
 def activation_bytes_per_token(cfg: GPTConfig, device_type: str, seq_len: int | None = None) -> float:
@@ -62,6 +64,10 @@ def activation_bytes_per_token(cfg: GPTConfig, device_type: str, seq_len: int | 
     d = cfg.emb_dim
     block = 16 * d + (2.25 * d if cfg.drop_rate > 0 else 0) + (3 * cfg.n_heads * seq_len if math_attention(cfg, device_type) else 0)
     once = cfg.vocab_size + 3 * d
+    if cfg.book_kernels:
+        # The written-out GELU keeps three more 4d tensors, each written-out LayerNorm two more d tensors.
+        block += 16 * d
+        once += 2 * d
     backward_peak = 2 * cfg.vocab_size
     return FP32_BYTES * (cfg.n_layers * block + once + backward_peak)
 
