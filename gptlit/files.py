@@ -82,8 +82,10 @@ def usual_permissions(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", size_hint: int | None = None) -> Iterator[IO]:
-    """Yield a temporary file beside ``path`` that replaces ``path`` only once it is complete and synced.
+def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path]:
+    """Yield the name of a temporary file beside ``path``, for a writer that takes a file name (safetensors
+    writes from the tensors' own memory that way, with no copy of them); it replaces ``path`` only once it is
+    complete and synced.
 
     A disk that fills up raises DiskFull (a UserError: one line, exit 2) naming the file, the space it needs
     (``size_hint`` bytes when the caller knows it, else more than what fit) and what is free, and saying that
@@ -93,12 +95,15 @@ def atomic_write(path: str | Path, mode: str = "wb", size_hint: int | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_id()}.", suffix=".tmp")
+    os.close(fd)
     try:
         usual_permissions(tmp)
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as err:
         written = 0
@@ -111,11 +116,23 @@ def atomic_write(path: str | Path, mode: str = "wb", size_hint: int | None = Non
         raise
 
 
-def out_of_space(err: BaseException | None) -> OSError | None:
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb", size_hint: int | None = None) -> Iterator[IO]:
+    """atomic_path, for writers that take an open file."""
+    with atomic_path(path, size_hint) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), mode) as f:
+        yield f
+        f.flush()
+
+
+# How writers in other languages (safetensors' Rust) report ENOSPC/EDQUOT: the OS error's code in the text.
+_NO_SPACE_TEXT = re.compile(r"\b(?:os error|code:) (?:%s)\b" % "|".join(str(code) for code in sorted(_NO_SPACE)))
+
+
+def out_of_space(err: BaseException | None) -> BaseException | None:
     """The ENOSPC/EDQUOT error behind ``err``, if any: torch.save, for one, reports a failed write as a
-    RuntimeError of its own, raised while handling the OSError."""
+    RuntimeError of its own, raised while handling the OSError; safetensors as an error naming the OS's code."""
     while err is not None:
-        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE or _NO_SPACE_TEXT.search(str(err)):
             return err
         err = err.__cause__ or err.__context__
     return None

@@ -71,12 +71,20 @@ class WriteFaults:
         self._module = gptlit.files
         self._faults: dict[str, tuple[str, int]] = {}
         self._counts: dict[str, int] = {}
-        self._pending: dict[int, str] = {}  # fd of a temporary file -> its name prefix
+        self._pending_paths: dict[str, str] = {}  # a temporary file made, not yet opened for writing -> its prefix
+        self._pending: dict[int, str] = {}  # fd of a temporary file opened for writing -> its name prefix
         real_os, real_tempfile, faults = os, tempfile, self
 
         class FaultyOs(types.ModuleType):
             def __getattr__(self, name):
                 return getattr(real_os, name)
+
+            @staticmethod
+            def open(path, *args, **kwargs):
+                fd = real_os.open(path, *args, **kwargs)
+                if str(path) in faults._pending_paths:
+                    faults._pending[fd] = faults._pending_paths.pop(str(path))
+                return fd
 
             @staticmethod
             def fdopen(fd, *args, **kwargs):
@@ -91,7 +99,7 @@ class WriteFaults:
             @staticmethod
             def mkstemp(*args, **kwargs):
                 fd, path = real_tempfile.mkstemp(*args, **kwargs)
-                faults._pending[fd] = kwargs.get("prefix", "")
+                faults._pending_paths[path] = kwargs.get("prefix", "")
                 return fd, path
 
         self._os, self._tempfile = FaultyOs("os"), FaultyTempfile("tempfile")

@@ -29,7 +29,7 @@ from gptlit.data.text import TokenWindows, download
 from gptlit.data.textfiles import TextFilesDataModule
 from gptlit.data.token_cache import DamagedTokenFile, TokenFile, read_header, write_token_file
 from gptlit.errors import UserError
-from gptlit.files import DiskFull, atomic_write
+from gptlit.files import DiskFull, atomic_write, human_bytes
 from gptlit.training.checkpoint_io import SafeCheckpointIO
 from gptlit.training.last_checkpoint import LastCheckpoint
 from gptlit.training.plot import plot_losses
@@ -80,7 +80,8 @@ def write_download(folder: Path, version: int) -> Path:
     return folder / "the-verdict.txt"
 
 
-WRITERS = {"last.ckpt": write_checkpoint, "model.safetensors": write_safetensors, "model.pth": write_pth,
+# model.safetensors is written by safetensors' own (Rust) writer, out of WriteFaults' reach: a real disk below.
+WRITERS = {"last.ckpt": write_checkpoint, "model.pth": write_pth,
            "loss-plot.png": write_plot, "corpus.tokens": write_tokens, "the-verdict.txt": write_download}
 
 
@@ -98,6 +99,22 @@ def test_a_full_disk_is_one_line_and_the_previous_file_stays(tmp_path, name):
     assert f"the previous {name} is intact" in message
     assert path.read_bytes() == before
     assert temporaries(tmp_path) == []
+
+
+def test_a_full_disk_met_by_the_safetensors_writer_is_one_line_and_the_previous_file_stays(tmp_path):
+    """A real filesystem of 20 MB: the first model.safetensors (13 MB) fits, the second cannot beside it."""
+    with small_disk(tmp_path / "disk", 20) as disk:
+        path = write_safetensors(disk, 1)
+        before = path.read_bytes()
+        with pytest.raises(DiskFull) as caught:
+            write_safetensors(disk, 2)
+        message = str(caught.value)
+        assert "\n" not in message
+        size = human_bytes(sum(t.numel() * t.element_size() for t in GPTModel(TINY).state_dict().values()))
+        assert message.startswith(f"no space left to write {path} (it needs about {size}, ")
+        assert "the previous model.safetensors is intact" in message
+        assert path.read_bytes() == before
+        assert temporaries(disk) == []
 
 
 def test_a_full_disk_on_a_first_write_leaves_nothing(tmp_path):

@@ -19,11 +19,11 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
 from gptlit.weights import gpt2
 from gptlit.errors import UserError
-from gptlit.files import atomic_write
+from gptlit.files import atomic_path, atomic_write
 from gptlit.core.model import GPTConfig, GPTModel
 
 log = logging.getLogger(__name__)
@@ -286,8 +286,8 @@ def check_fits(model: GPTModel, weights: Weights) -> None:
         )
 
 
-# How attention is computed, not what: a resume may switch between the fused kernel and the book's.
-RESUME_MAY_CHANGE = {"attention"}
+# How the model is computed, not what: a resume may switch between the fused kernels and the book's.
+RESUME_MAY_CHANGE = {"kernels"}
 
 
 def _override(key: str, value: Any) -> str:
@@ -390,9 +390,10 @@ def save_safetensors(model: GPTModel, path: str | Path) -> Path:
         del state["out_head.weight"]
         metadata[TIED_METADATA_KEY] = "true"
     metadata[CHECKSUM_METADATA_KEY] = tensors_crc32(state)
-    data = save(state, metadata=metadata)
-    with atomic_write(path, size_hint=len(data)) as f:
-        f.write(data)
+    # save_file writes from the tensors' memory; save() would build the file in memory twice over first
+    # (1.3 GB more at the end of a 124M run, 12 GB for the 1.5B model).
+    with atomic_path(path, size_hint=sum(t.numel() * t.element_size() for t in state.values())) as tmp:
+        save_file(state, tmp, metadata=metadata)
     return path
 
 
