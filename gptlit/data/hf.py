@@ -83,13 +83,20 @@ class Source:
     def load(self, split: str | None = None, streaming: bool = False):
         import datasets
 
+        options = dict(self.options)
+        if self.files and all(f.suffix == ".parquet" for f in self.files):
+            import pyarrow.dataset
+
+            # pyarrow's pre-buffering keeps what it has read of a parquet file until the file is closed: the
+            # reader's memory grew with the file (985 MB for 374 MB of text), and stays flat without it.
+            options["fragment_scan_options"] = pyarrow.dataset.ParquetFragmentScanOptions(pre_buffer=False)
         with hub_errors(self.path):
             if self.folder is not None:
-                return datasets.load_dataset(str(self.folder), split=split, streaming=True, **self.options)
+                return datasets.load_dataset(str(self.folder), split=split, streaming=True, **options)
             if self.local:
                 builder = BUILDERS[self.files[0].suffix]
                 files = [str(f) for f in self.files]
-                return datasets.load_dataset(builder, data_files=files, split=split, streaming=True, **self.options)
+                return datasets.load_dataset(builder, data_files=files, split=split, streaming=True, **options)
             return datasets.load_dataset(self.path, self.name, split=split, streaming=streaming)
 
     def split_names(self) -> list[str]:
