@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 
 from gptlit.errors import UserError
-from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.core.model import Dropout, GPTConfig, GPTModel
 
 
 def test_same_parameter_names_and_shapes_as_the_book(tiny_cfg):
@@ -117,3 +117,19 @@ def test_input_longer_than_context_is_refused(tiny_cfg):
     model = GPTModel(tiny_cfg)
     with pytest.raises(UserError, match="context_length is 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_cpu_dropout_keeps_one_minus_p_scaled_exactly_and_its_gradient_is_the_same_mask():
+    dropout = Dropout(0.1).train()
+    x = torch.randn(4, 256, 768, requires_grad=True)
+    torch.manual_seed(1)
+    y = dropout(x)
+    kept = y != 0
+    scale = 65536 / (65536 - round(0.1 * 65536))
+    assert kept.float().mean().item() == pytest.approx(0.9, abs=0.002)
+    assert torch.equal(y[kept], x[kept] * scale)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept * torch.tensor(scale))
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x), y)  # the global generator's stream: seeded runs repeat and resume
+    assert dropout.eval()(x) is x

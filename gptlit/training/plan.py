@@ -5,9 +5,11 @@ Memory is predicted from the config alone, so a plan can be made for a model tha
 moments. Activations are what autograd keeps for the backward pass, counted on this model with saved-tensor
 hooks (tests/test_plan.py holds the formula to that count) per token of a micro-batch:
 
-- per transformer block 16 * emb_dim floats; 2.25 * emb_dim more when dropout is on (its masks and outputs);
-  3 * n_heads * context more where attention runs PyTorch's math path (the book kernels' attention, or SDPA with
-  dropout on a CPU, whose fused kernel has no dropout), which keeps the attention weights;
+- per transformer block 16 * emb_dim floats; 0.75 * emb_dim more when dropout is on (its one-byte masks and
+  outputs; 2.25 * emb_dim with the book's kernels on a CPU, whose torch dropout keeps a float mask);
+  2.25 * n_heads * context more where attention runs the explicit masked softmax (the book's kernels, or
+  dropout on a CPU, where SDPA's fused kernels have none), which keeps the attention weights before and after
+  dropout and the mask (3 * n_heads * context with a float mask);
 - once, vocab_size + 3 * emb_dim: the logits and the embedding and final-norm outputs;
 - with the book's kernels, 16 * emb_dim more per block and 2 * emb_dim once: its written-out GELU keeps three
   4 * emb_dim intermediates and each written-out LayerNorm two emb_dim ones;
@@ -62,7 +64,10 @@ def math_attention(cfg: GPTConfig, device_type: str) -> bool:
 def activation_bytes_per_token(cfg: GPTConfig, device_type: str, seq_len: int | None = None) -> float:
     seq_len = seq_len or cfg.context_length
     d = cfg.emb_dim
-    block = 16 * d + (2.25 * d if cfg.drop_rate > 0 else 0) + (3 * cfg.n_heads * seq_len if math_attention(cfg, device_type) else 0)
+    # A dropout mask is a float per element with torch's CPU dropout (the book's kernels), a byte elsewhere.
+    mask = 1.0 if cfg.book_kernels and device_type == "cpu" else 0.25
+    block = (16 * d + ((2 * mask + 0.25) * d if cfg.drop_rate > 0 else 0)
+             + ((2 + mask) * cfg.n_heads * seq_len if math_attention(cfg, device_type) else 0))
     once = cfg.vocab_size + 3 * d
     if cfg.book_kernels:
         # The written-out GELU keeps three more 4d tensors, each written-out LayerNorm two more d tensors.
