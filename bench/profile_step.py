@@ -68,7 +68,7 @@ def main() -> None:
     for event in events:
         totals[group_of(event.key)] += event.self_cpu_time_total / 1e6 / args.steps
     whole = sum(totals.values())
-    print(f"precision {precision}, optimizer fused={cfg.optimizer.get('fused')}, attention {cfg.model.attention}")
+    print(f"precision {precision}, optimizer fused={cfg.optimizer.get('fused')}, kernels {cfg.model.kernels}")
     print(f"{'per step':52} {'seconds':>8} {'share':>7}")
     for group, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"{group:52} {seconds:8.3f} {seconds / whole:7.1%}")
