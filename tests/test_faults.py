@@ -33,7 +33,7 @@ from gptlit.files import DiskFull, atomic_write, human_bytes
 from gptlit.training.checkpoint_io import SafeCheckpointIO
 from gptlit.training.last_checkpoint import LastCheckpoint
 from gptlit.training.plot import plot_losses
-from gptlit.weights.io import model_from_checkpoint, read_weights, save_book_pth, save_safetensors
+from gptlit.weights.io import model_from_checkpoint, read_weights, save_book_pth, save_safetensors, tensor_bytes
 
 from .conftest import ROOT, compose_config, compose_train
 from .faults import DAMAGES, WriteFaults, damage, run_script, small_disk
@@ -110,7 +110,7 @@ def test_a_full_disk_met_by_the_safetensors_writer_is_one_line_and_the_previous_
             write_safetensors(disk, 2)
         message = str(caught.value)
         assert "\n" not in message
-        size = human_bytes(sum(t.numel() * t.element_size() for t in GPTModel(TINY).state_dict().values()))
+        size = human_bytes(tensor_bytes(GPTModel(TINY).state_dict()))
         assert message.startswith(f"no space left to write {path} (it needs about {size}, ")
         assert "the previous model.safetensors is intact" in message
         assert path.read_bytes() == before

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from gptlit.files import atomic_write
-from gptlit.weights.io import read_checkpoint
-
-
-def tensor_bytes(obj: Any) -> int:
-    """The bytes of the tensors in a checkpoint (nested dicts and lists): about the size of the file."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(v) for v in obj)
-    return 0
+from gptlit.weights.io import read_checkpoint, tensor_bytes
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

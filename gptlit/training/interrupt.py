@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 
 from gptlit.files import human_bytes
-from gptlit.training.checkpoint_io import tensor_bytes
+from gptlit.weights.io import tensor_bytes
 
 
 class TrainingInterrupted(Exception):

@@ -380,6 +380,17 @@ def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
     return state
 
 
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in a state dict or checkpoint (nested dicts and lists): about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_safetensors(model: GPTModel, path: str | Path) -> Path:
     """``model.safetensors`` with the config in its metadata, so it loads without naming a model. A head tied to
     the token embedding is stored once and tied again on loading (safetensors refuses tensors that share memory)."""
@@ -392,7 +403,7 @@ def save_safetensors(model: GPTModel, path: str | Path) -> Path:
     metadata[CHECKSUM_METADATA_KEY] = tensors_crc32(state)
     # save_file writes from the tensors' memory; save() would build the file in memory twice over first
     # (1.3 GB more at the end of a 124M run, 12 GB for the 1.5B model).
-    with atomic_path(path, size_hint=sum(t.numel() * t.element_size() for t in state.values())) as tmp:
+    with atomic_path(path, size_hint=tensor_bytes(state)) as tmp:
         save_file(state, tmp, metadata=metadata)
     return path
 
@@ -401,6 +412,6 @@ def save_book_pth(model: GPTModel, path: str | Path) -> Path:
     """``model.pth``: a plain state dict, loadable by the book's ``GPTModel`` (and by ours)."""
     path = Path(path)
     state = book_state_dict(model)
-    with atomic_write(path, size_hint=sum(t.numel() * t.element_size() for t in state.values())) as f:
+    with atomic_write(path, size_hint=tensor_bytes(state)) as f:
         torch.save(state, f)
     return path
