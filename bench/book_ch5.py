@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gptlit.core.model import GPTConfig  # noqa: E402
 from gptlit.core.tokenizer import get_tokenizer  # noqa: E402
-from gptlit.weights.io import MODEL_SIZES  # noqa: E402
+from gptlit.weights.io import model_sizes  # noqa: E402
 
 # The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys) at context 256; conf/model/tiny.yaml.
 GPT_CONFIG_124M = GPTConfig(context_length=256).to_dict()
-SMOKE_CONFIG = GPTConfig(context_length=32, **MODEL_SIZES["tiny"]).to_dict()
+SMOKE_CONFIG = GPTConfig(context_length=32, **model_sizes()["tiny"]).to_dict()
 
 
 def main() -> None:

@@ -29,11 +29,11 @@ from llms_from_scratch.ch04 import generate_text_simple as book_generate_text_si
 from gptlit.core.generation import generate  # noqa: E402
 from gptlit.core.model import GPTConfig, GPTModel  # noqa: E402
 from gptlit.core.tokenizer import text_to_token_ids  # noqa: E402
-from gptlit.weights.io import MODEL_SIZES  # noqa: E402
+from gptlit.weights.io import model_sizes  # noqa: E402
 
 # The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys); conf/model/tiny.yaml for --smoke.
 GPT_CONFIG_124M = GPTConfig().to_dict()
-SMOKE_CONFIG = GPTConfig(context_length=64, **MODEL_SIZES["tiny"]).to_dict()
+SMOKE_CONFIG = GPTConfig(context_length=64, **model_sizes()["tiny"]).to_dict()
 
 
 def copy_bandwidth(n_bytes: int = 1 << 30, reps: int = 5) -> float:

@@ -4,7 +4,7 @@
 
 The step is the plain loop of train_throughput.py (GPT-2 124M, context 256, batch 2, the default config plus the
 overrides), so the groups add up to what that benchmark times. Each ATen operator's own time (not counting the
-operators it calls) goes to one group, so no time is counted twice. The parts come from gptlit.app.build, as
+operators it calls) goes to one group, so no time is counted twice. The parts come from gptlit.cli.build, as
 train.py builds them. ``--smoke`` profiles one step of a tiny model at context 32, to check that the script runs
 (tests/test_bench.py).
 """

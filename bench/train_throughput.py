@@ -7,17 +7,17 @@ Three contenders train on The Verdict (context 256, batch 2, drop_rate 0.1, Adam
 - book: the book's ``GPTModel`` (llms_from_scratch.ch04) and its training step (``calc_loss_batch``, then
   zero_grad, backward, step) in fp32, with AdamW as the book builds it;
 - plain: gptlit's GPTModel, optimizer and precision from the default config, in a bare PyTorch loop;
-- lightning: gptlit's real path: the config composed from conf/ and built by gptlit.app.build as train.py
+- lightning: gptlit's real path: the config composed from conf/ and built by gptlit.cli.build as train.py
   builds it, with evaluation, checkpoints, logger and progress bar off so that only steps run.
 
-Both gptlit contenders take their parts from gptlit.app.build, so they measure what train.py runs.
+Both gptlit contenders take their parts from gptlit.cli.build, so they measure what train.py runs.
 
 Each runs in a process of its own (so its peak RSS is its own) and the three take turns: every round each one
 runs ``--steps`` steps while the others wait, so a load that comes and goes on a shared machine hits all of them
 alike, and each ratio is the median over rounds of the ratio within a round. A step is timed from fetching its
 batch to the end of the optimizer step (Lightning: from one batch's start hook to the next one's). The table
 gives the median step, tokens/s, ratios, and MFU against the fp32 and bf16 matmul rates measured on the machine
-in the same run (FLOPs per token as gptlit/training/throughput.py counts them). ``--smoke`` runs one round of
+in the same run (FLOPs per token as gptlit/planning/flops.py counts them). ``--smoke`` runs one round of
 one step of a tiny model at context 32, to check that the script runs (tests/test_bench.py).
 """
 
@@ -56,19 +56,16 @@ def peak_rss_bytes() -> int:
 def compose_config(data_path: str, overrides: list[str], run_dir: str):
     from hydra import compose, initialize_config_dir
 
-    from gptlit.training.precision import register_resolver
-
-    register_resolver()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[f"data.path={data_path}", f"run_dir={run_dir}", *overrides])
 
 
 def build_run(data_path: str, overrides: list[str], keep_callbacks: tuple[str, ...] | None = None):
-    """The datamodule, module and trainer that train.py builds from these overrides (gptlit.app.build);
+    """The datamodule, module and trainer that train.py builds from these overrides (gptlit.cli.build);
     ``keep_callbacks`` names the entries of conf/callbacks to keep (default: all)."""
     from omegaconf import open_dict
 
-    from gptlit.app.build import build
+    from gptlit.cli.build import build
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = compose_config(data_path, overrides, run_dir)
@@ -126,7 +123,7 @@ def book_worker(conn, data_path: str, config: dict) -> None:
 
 
 def plain_step(cfg, datamodule, module, device):
-    """gptlit's training step in a bare PyTorch loop, over parts built by gptlit.app.build; returns the loss."""
+    """gptlit's training step in a bare PyTorch loop, over parts built by gptlit.cli.build; returns the loss."""
     import torch
 
     from gptlit.training.module import cross_entropy
@@ -204,7 +201,7 @@ def lightning_worker(conn, data_path: str, overrides: list[str]) -> None:
 def machine() -> str:
     import torch
 
-    from gptlit.training.precision import cpu_info
+    from gptlit.planning.precision import cpu_info
 
     info = cpu_info()
     name = info.get("model name", "unknown CPU")
@@ -243,14 +240,17 @@ def main() -> None:
     import torch
 
     from gptlit.core.model import GPTConfig
-    from gptlit.training.throughput import measure_matmul_flops, training_flops_per_token
-    from gptlit.weights.io import MODEL_SIZES
+    from gptlit.planning.flops import measure_matmul_flops, training_flops_per_token
+    from gptlit.planning.precision import training_precision
+    from gptlit.weights.io import model_sizes
 
     # The book's GPT_CONFIG_124M (GPTConfig's defaults, the book's keys) at context 256; conf/model/tiny.yaml.
-    book_cfg = GPTConfig(context_length=32, **MODEL_SIZES["tiny"]) if args.smoke else GPTConfig(context_length=256)
+    book_cfg = GPTConfig(context_length=32, **model_sizes()["tiny"]) if args.smoke else GPTConfig(context_length=256)
 
     with tempfile.TemporaryDirectory() as run_dir:
-        precision = compose_config(args.data, args.override, run_dir).trainer.precision
+        cfg = compose_config(args.data, args.override, run_dir)
+        precision = training_precision(cfg.trainer.precision, str(cfg.trainer.accelerator), cfg.model.emb_dim,
+                                       cfg.model.vocab_size, cfg.data.context_length, cfg.data.batch_size)
     print(f"machine: {machine()}")
     print(f"gptlit precision: {precision}; overrides: {args.override or 'none'}")
     print(f"{args.warmup} warm-up steps, then {args.rounds} rounds of {args.steps} steps each, taking turns")

@@ -69,11 +69,14 @@ def _running(pid: int) -> bool:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    """A size in decimal units with about three significant figures: 512 B, 3.82 GB, 41.2 MB, 806 MB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            break
         n /= 1000
-    raise AssertionError
+    if unit == "B" or abs(n) >= 100:
+        return f"{n:.0f} {unit}"
+    return f"{n:.2f} {unit}" if abs(n) < 10 else f"{n:.1f} {unit}"
 
 
 def usual_permissions(path: str | Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -8,11 +9,10 @@ from hydra import compose, initialize_config_dir
 import pytest
 import torch
 
-from gptlit.training.precision import register_resolver
+from gptlit.planning.precision import CHOSEN_ENV
+
 
 ROOT = Path(__file__).resolve().parents[1]
-# The configs resolve trainer.precision through gptlit's resolver, as train.py registers it.
-register_resolver()
 
 
 def find_verdict() -> Path:
@@ -54,6 +54,15 @@ def _fixed_seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_precision():
+    # A run built in this process hands its measured precision to the ranks it starts through the environment
+    # (gptlit.planning.precision); one test's choice must not become the next test's.
+    os.environ.pop(CHOSEN_ENV, None)
+    yield
+    os.environ.pop(CHOSEN_ENV, None)
+
+
 def compose_config(*overrides: str, config: str = "train"):
     """A config of conf/ composed as the entry points compose it, with the given overrides."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -66,10 +75,9 @@ def compose_train(run_dir: Path, *overrides: str):
         "model=tiny",
         "data.context_length=32",
         f"data.path={find_verdict()}",
-        "data.url=null",
         "trainer.accelerator=cpu",
         "trainer.devices=1",
-        # Pinned: the default is measured per machine (gptlit/training/precision.py), and tests must not
+        # Pinned: the default is measured per machine (gptlit/planning/precision.py), and tests must not
         # change numerics with the machine they run on.
         "trainer.precision=32-true",
         "+trainer.enable_progress_bar=false",

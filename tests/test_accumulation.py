@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.app.build import build, fit
+from gptlit.cli.build import build, fit
 from gptlit.errors import find_user_error
 from gptlit.weights.io import read_checkpoint
 
@@ -80,7 +80,7 @@ def test_evaluation_schedules_count_optimizer_steps_not_micro_batches(tmp_path, 
                            "trainer.limit_val_batches=1", "trainer.val_check_interval=2"))
     assert [h["step"] for h in trainer.lightning_module.history] == [2, 4, 6]
     trainer = fit(same_run(tmp_path / "b", short_text, "data.batch_size=2", f"trainer.tokens_per_step={4 * CONTEXT}",
-                           "+callbacks.book_schedule._target_=gptlit.book.BookSchedule",
+                           "+callbacks.book_schedule._target_=gptlit.book.schedule.BookSchedule",
                            "+callbacks.book_schedule.eval_freq=3", "+callbacks.book_schedule.eval_iter=1",
                            "trainer.max_steps=7"))
     assert [h["step"] for h in trainer.lightning_module.history] == [1, 4, 7]

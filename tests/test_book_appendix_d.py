@@ -11,7 +11,7 @@ import torch
 from llms_from_scratch.appendix_d import train_model
 from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 
-from gptlit.app.build import fit
+from gptlit.cli.build import fit
 from gptlit.core.tokenizer import get_tokenizer
 
 from .book_reference import assert_same_weights, book_loaders

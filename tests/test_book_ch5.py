@@ -7,7 +7,7 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from llms_from_scratch.ch05 import train_model_simple
 
 from gptlit.core.tokenizer import get_tokenizer
-from gptlit.app.build import fit as train
+from gptlit.cli.build import fit as train
 
 from .book_reference import assert_same_weights, book_loaders
 from .test_configs import compose_train

@@ -6,14 +6,14 @@ import lightning as L
 import pytest
 import torch
 
-from gptlit.app.build import build
-from gptlit.training import callbacks
-from gptlit.training.interrupt import TrainingInterrupted
+from gptlit.cli.build import build
+from gptlit.training.callbacks import throughput as callbacks
+from gptlit.training.callbacks.interrupt import TrainingInterrupted
 from gptlit.training.module import GPTLitModule
 
 from .conftest import compose_train
 
-BOOK = ["+callbacks.book_schedule._target_=gptlit.book.BookSchedule", "+callbacks.book_schedule.eval_freq=2",
+BOOK = ["+callbacks.book_schedule._target_=gptlit.book.schedule.BookSchedule", "+callbacks.book_schedule.eval_freq=2",
         "+callbacks.book_schedule.eval_iter=2", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "callbacks.export_weights=null", "callbacks.best_checkpoint=null"]
 

@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 
-from gptlit.app.cli import exit_on_user_error
+from gptlit.cli.user_errors import exit_on_user_error
 from gptlit.errors import UserError
-from gptlit.training import console
+from gptlit import console
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import eval as eval_py
+from gptlit.cli import eval as eval_py
 from gptlit.core.tokenizer import encode
 from gptlit.errors import UserError, find_user_error
 from gptlit.evaluation import hellaswag
@@ -219,7 +219,7 @@ def test_hellaswag_offline_without_a_cached_copy_is_one_line(tmp_path, hf_folder
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "eval.py", f"pretrained={folder}", "task=hellaswag", f"task.cache_dir={tmp_path / 'cache'}",
-         "task.url=http://127.0.0.1:9/hellaswag_val.jsonl", f"hydra.run.dir={run_dir}"],
+         "+task.url=http://127.0.0.1:9/hellaswag_val.jsonl", f"hydra.run.dir={run_dir}"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert out.returncode == 2
@@ -236,7 +236,7 @@ def test_a_file_that_is_not_hellaswag_is_named_with_its_line(tmp_path):
 
 
 def test_hellaswag_callback_scores_the_model_during_training(tmp_path, hellaswag_file, capsys):
-    from gptlit.app.build import fit
+    from gptlit.cli.build import fit
     from tests.conftest import compose_train
 
     path = hellaswag_file[0]

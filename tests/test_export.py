@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import export as export_py
-from gptlit.app.build import fit as train
+from gptlit.cli import export as export_py
+from gptlit.cli.build import fit as train
 from gptlit.core.generation import generate
 from gptlit.core.tokenizer import encode
 from gptlit.errors import UserError, find_user_error

@@ -20,9 +20,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import generate as generate_py
-from gptlit.app.build import build, fit
-from gptlit.app.cli import check_group_choices, exit_on_user_error
+from gptlit.cli import generate as generate_py
+from gptlit.cli.build import build, fit
+from gptlit.cli.command_line import check_group_choices
+from gptlit.cli.user_errors import exit_on_user_error
 from gptlit.core.model import GPTModel
 from gptlit.data import token_cache
 from gptlit.data.text import TokenWindows, download
@@ -31,8 +32,8 @@ from gptlit.data.token_cache import DamagedTokenFile, TokenFile, read_header, wr
 from gptlit.errors import UserError
 from gptlit.files import DiskFull, atomic_write, human_bytes
 from gptlit.training.checkpoint_io import SafeCheckpointIO
-from gptlit.training.last_checkpoint import LastCheckpoint
-from gptlit.training.plot import plot_losses
+from gptlit.training.callbacks.last_checkpoint import LastCheckpoint
+from gptlit.training.callbacks.loss_plot import plot_losses
 from gptlit.weights.io import model_from_checkpoint, read_weights, save_book_pth, save_safetensors, tensor_bytes
 
 from .conftest import ROOT, compose_config, compose_train

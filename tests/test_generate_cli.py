@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import generate as generate_py
+from gptlit.cli import generate as generate_py
 from gptlit.errors import UserError, find_user_error
 from gptlit.core.generation import DecodingConfig, generate
 from gptlit.core.model import GPTModel

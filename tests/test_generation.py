@@ -6,7 +6,7 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from llms_from_scratch.ch04 import generate_text_simple as book_generate_text_simple
 from llms_from_scratch.ch05 import generate as book_generate
 
-from gptlit.training.callbacks import SampleText
+from gptlit.training.callbacks.sample_text import SampleText
 from gptlit.errors import UserError
 from gptlit.core.generation import (
     DecodingConfig,

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gptlit.app.build import fit
+from gptlit.cli.build import fit
 from gptlit.core.tokenizer import ENDOFTEXT_ID, encode
 from gptlit.data.hf import HFDataModule
 from gptlit.data.token_cache import TokenFile

@@ -33,7 +33,7 @@ def test_importing_gptlit_changes_no_process_state():
     code = (
         "import os, warnings, torch, lightning, numpy, tqdm, tiktoken, safetensors, matplotlib.figure\n"
         "before = list(warnings.filters)\nos.umask(0o027)\n"
-        "import gptlit.files, gptlit.data.text, gptlit.data.textfiles, gptlit.training.module, gptlit.app.build\n"
+        "import gptlit.files, gptlit.data.text, gptlit.data.textfiles, gptlit.training.module, gptlit.cli.build\n"
         "assert os.umask(0o022) == 0o027\nassert warnings.filters == before, warnings.filters[:3]\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

@@ -65,11 +65,6 @@ def test_book_kernels_train_bit_for_bit_like_the_book(tiny_cfg):
         assert torch.equal(param.grad, book_grads[name].grad), name
 
 
-def test_configs_naming_the_old_reference_attention_load_as_book_kernels(tiny_cfg):
-    assert GPTConfig.from_any({**tiny_cfg, "attention": "reference"}).kernels == "book"
-    assert GPTConfig.from_any({**tiny_cfg, "attention": "sdpa"}).kernels == "fused"
-
-
 def test_dropout_only_in_training(tiny_cfg):
     model = GPTModel({**tiny_cfg, "drop_rate": 0.5})
     idx = torch.randint(0, tiny_cfg["vocab_size"], (1, 10))

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlit.core.model import GPTConfig, GPTModel
-from gptlit.training.plan import (
+from gptlit.planning.plan import (
     FP32_BYTES,
     activation_bytes_per_token,
     batches_per_evaluation,

@@ -1,12 +1,15 @@
 import json
+import os
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from gptlit.training import precision
+from gptlit.planning import precision
 from gptlit.core.device import precision_dtype
-from gptlit.training.precision import BF16_MARGIN, Probe, default_precision
+from gptlit.cli.build import decide_precision
+from gptlit.planning.precision import BF16_MARGIN, CHOSEN_ENV, Probe, default_precision
 from tests.conftest import compose_config
 
 
@@ -105,19 +108,35 @@ def compose_train(*overrides):
 
 
 @pytest.mark.parametrize("trainer", ["default", "cpu"])
-def test_config_asks_for_the_measured_precision_of_its_own_shapes(measured, trainer):
+def test_build_decides_the_measured_precision_of_its_own_shapes(measured, trainer, monkeypatch, tmp_path):
+    monkeypatch.setenv(CHOSEN_ENV, "")  # restored at teardown
     calls = measured(170e9, 750e9)
-    cfg = compose_train(f"trainer={trainer}", "model=gpt355m", "data.context_length=128")
+    cfg = compose_config(f"run_dir={tmp_path}", f"trainer={trainer}", "model=gpt355m", "data.context_length=128")
+    assert cfg.trainer.precision == "auto"  # composing measures nothing: --cfg job --resolve is pure
+    assert calls == []
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    decide_precision(cfg)
     assert cfg.trainer.precision == "bf16-mixed"
     (device, shapes), = calls
     assert device == "cpu" and shapes[1] == (256, 1024, 4096, 1)  # 2 x 128 tokens, emb_dim 1024
+    # The run's record says what was used, and the ranks Lightning starts inherit the choice without measuring.
+    assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml").trainer.precision == "bf16-mixed"
+    assert os.environ[CHOSEN_ENV] == "bf16-mixed"
+    precision.probe.cache_clear()
+    again = compose_config(f"run_dir={tmp_path}", f"trainer={trainer}")
+    decide_precision(again)
+    assert again.trainer.precision == "bf16-mixed" and len(calls) == 1
 
 
 @pytest.mark.parametrize("value", ["32-true", "bf16-mixed"])
-def test_explicit_precision_overrides_the_default(measured, value):
+def test_explicit_precision_overrides_the_default(measured, value, monkeypatch):
+    monkeypatch.setenv(CHOSEN_ENV, "")  # restored at teardown
     calls = measured(1.0, 1.0)
-    assert compose_train(f"trainer.precision={value}").trainer.precision == value
-    assert calls == []
+    cfg = compose_train(f"trainer.precision={value}")
+    decide_precision(cfg)
+    assert cfg.trainer.precision == value
+    assert calls == [] and os.environ[CHOSEN_ENV] == ""
 
 
 def test_precision_dtype():

@@ -10,7 +10,7 @@ from gptlit.core.generation import generate
 from gptlit.training.module import GPTLitModule
 from gptlit.weights.io import model_from_weights, read_weights
 from tests.conftest import compose_train, tiny_hf_gpt2
-from gptlit.app.build import fit as train
+from gptlit.cli.build import fit as train
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from gptlit.app.build import fit
-from gptlit.training.callbacks import ProgressBar
+from gptlit.cli.build import fit
+from gptlit.training.callbacks.progress_bar import ProgressBar
 
 from .conftest import compose_train
 
@@ -26,7 +26,7 @@ def short_text(tmp_path, verdict_text) -> Path:
 def run_with_bar(run_dir: Path, text: Path, *overrides: str) -> ProgressBar:
     cfg = compose_train(run_dir, f"data.path={text}", "data.batch_size=2", "trainer.limit_val_batches=0", *overrides)
     with open_dict(cfg):
-        cfg.callbacks.progress_bar = {"_target_": "gptlit.training.callbacks.ProgressBar"}
+        cfg.callbacks.progress_bar = {"_target_": "gptlit.training.callbacks.progress_bar.ProgressBar"}
         cfg.trainer.enable_progress_bar = True
     trainer = fit(cfg)
     return next(c for c in trainer.callbacks if isinstance(c, ProgressBar))

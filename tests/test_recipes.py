@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gptlit.app.build import fit
+from gptlit.cli.build import fit
 from gptlit.training.schedule import WarmupCosine
 
 from .conftest import compose_config

@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
-from gptlit.app.build import build
-from gptlit.app.cli import check_group_choices, exit_on_user_error
-from gptlit.app.override_keys import check_keys
+from gptlit.cli.build import build
+from gptlit.cli.command_line import check_group_choices
+from gptlit.cli.user_errors import exit_on_user_error
+from gptlit.cli.override_keys import check_keys
 from gptlit.errors import UserError
 from gptlit.files import atomic_write
 from gptlit.training.checkpoint_io import SafeCheckpointIO
@@ -94,20 +95,6 @@ def test_unknown_group_option_is_one_line(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         check_group_choices(ROOT / "conf", argv)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(message) and err.count("\n") == 1
-
-
-@pytest.mark.parametrize(
-    "arg, message",
-    [
-        ("model.init_from=gpt2", "error: model.init_from is now init_from: a starting point is a training setting"),
-        ("module.eval_freq=5", "error: module.eval_freq is now callbacks.book_schedule.eval_freq: the book's schedule"),
-    ],
-)
-def test_moved_keys_name_their_new_place(capsys, arg, message):
-    with pytest.raises(SystemExit):
-        check_group_choices(ROOT / "conf", [arg])
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
 

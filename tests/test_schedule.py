@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from gptlit.app.build import fit
+from gptlit.cli.build import fit
 from gptlit.errors import UserError
 from gptlit.training.schedule import WarmupCosine
 

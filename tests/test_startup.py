@@ -2,7 +2,7 @@
 
 import torch
 
-from gptlit.app.build import fit
+from gptlit.cli.build import fit
 from gptlit.data import token_cache
 
 from .conftest import compose_config, compose_train

@@ -2,12 +2,12 @@ import lightning as L
 import pytest
 import torch
 
-from gptlit.training import callbacks
-from gptlit.training.callbacks import Throughput
+from gptlit.training.callbacks import throughput as callbacks
+from gptlit.training.callbacks.throughput import Throughput
 from gptlit.data.text import TextDataModule
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.training.module import GPTLitModule
-from gptlit.training.throughput import matmul_parameters, measure_matmul_flops, training_flops_per_token
+from gptlit.planning.flops import matmul_parameters, measure_matmul_flops, training_flops_per_token
 
 
 def embedding_free_parameters(model: GPTModel) -> int:

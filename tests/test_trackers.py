@@ -8,7 +8,7 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from gptlit.app.build import build, fit
+from gptlit.cli.build import build, fit
 from gptlit.errors import UserError, find_user_error
 from gptlit.training import loggers
 from tests.conftest import compose_config, compose_train

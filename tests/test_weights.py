@@ -17,7 +17,7 @@ from gptlit.weights.io import (
     save_safetensors,
 )
 from tests.conftest import compose_train
-from gptlit.app.build import fit as train
+from gptlit.cli.build import fit as train
 
 
 def logits(model, n=10, vocab=50257):

@@ -45,6 +45,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name if ":" in name else kind)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a host clock measures it (CUDA and MPS run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 

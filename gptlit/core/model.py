@@ -18,8 +18,6 @@ from gptlit.errors import UserError, check_int
 from gptlit.core.kv_cache import KVCache, LayerCache
 
 KERNELS = ("fused", "book")
-# Checkpoints and configs written before model.kernels named the book's path model.attention=reference.
-LEGACY_ATTENTION = {"sdpa": "fused", "reference": "book"}
 
 
 @dataclass
@@ -37,7 +35,7 @@ class GPTConfig:
     # its order of operations: the explicit masked softmax, whose dropout draws random numbers as the book's does,
     # and LayerNorm and GELU computed term by term. The fused kernels round differently (about 1e-7 per step),
     # which a long run grows into the printed third decimal. Book-only: part of the exact reproduction that cannot
-    # move into gptlit/book.py.
+    # move into gptlit/book/.
     kernels: str = "fused"
 
     def __post_init__(self) -> None:
@@ -59,10 +57,7 @@ class GPTConfig:
         if isinstance(cfg, cls):
             return cfg
         known = {f.name for f in fields(cls)}
-        cfg = dict(cfg)
-        if "attention" in cfg and "kernels" not in cfg:
-            cfg["kernels"] = LEGACY_ATTENTION.get(cfg["attention"], cfg["attention"])
-        return cls(**{k: v for k, v in cfg.items() if k in known})
+        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
 
     @property
     def book_kernels(self) -> bool:
@@ -212,6 +207,11 @@ class TransformerBlock(nn.Module):
         return x + self.drop_resid(self.ff(self.norm2(x)))
 
 
+def same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Whether two tensors are one storage (a tied head and embedding), in a model or in a state dict of it."""
+    return a is not None and b is not None and a.shape == b.shape and a.data_ptr() == b.data_ptr()
+
+
 class GPTModel(nn.Module):
     def __init__(self, cfg: GPTConfig | Mapping[str, Any]):
         super().__init__()
@@ -223,6 +223,11 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = LayerNorm(cfg.emb_dim, cfg.book_kernels)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+
+    @property
+    def tied_head(self) -> bool:
+        """The output head is the token embedding (GPT-2's weights, and models trained from them)."""
+        return same_tensor(self.out_head.weight, self.tok_emb.weight)
 
     def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits [batch, n, vocab]; with a ``cache``, ``in_idx`` continues the cached tokens and only the

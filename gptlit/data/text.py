@@ -58,7 +58,7 @@ class TokenWindows(Dataset):
 
 
 class ResumableRandomSampler(Sampler[int]):
-    """torch's RandomSampler order, random draws included (the book's shuffle: see gptlit/book.py), that can
+    """torch's RandomSampler order, random draws included (the book's shuffle: see gptlit/book/schedule.py), that can
     continue an epoch mid-way.
 
     Each epoch draws its seed from the global generator exactly as RandomSampler does, so a seeded run shuffles
@@ -304,7 +304,7 @@ class TextDataModule(L.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         # Evaluation estimates the training loss too, in eval mode over the (shuffled) train loader as the book's
         # evaluate_model does, and before the val loader, so the random draws of the shuffle are the book's.
-        # Book-only order that cannot move into gptlit/book.py, which relies on it.
+        # Book-only order that cannot move into gptlit/book/schedule.py, which relies on it.
         return [
             self._loader(self.train_set, shuffle=self.shuffle, drop_last=True, evaluation=True),
             self._loader(self.val_set, shuffle=False, drop_last=False, evaluation=True),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from gptlit.core.device import model_device
 from gptlit.core.tokenizer import encode
 from gptlit.errors import UserError, check_int
-from gptlit.evaluation.precision import at_precision
+from gptlit.evaluation.autocast import at_precision
+from gptlit.evaluation.batches import batches
 from gptlit.files import fetch
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -96,11 +97,6 @@ class ItemScores:
     labels: torch.Tensor  # [items]
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 @torch.no_grad()
 def score_items(
     model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str | None = "32-true", progress: bool = True
@@ -112,7 +108,7 @@ def score_items(
     model.eval()
     sums, counts = [], []
     with at_precision(model, precision), tqdm(total=len(items), desc="hellaswag", unit="item", disable=not progress) as bar:
-        for batch in _batches(items, batch_size):
+        for batch in batches(items, batch_size):
             rows = [row for item in batch for row in render(item, context_length)]
             width = max(len(tokens) for tokens, _ in rows) - 1
             inputs = torch.zeros(len(rows), width, dtype=torch.long)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from gptlit.core.device import model_device
 from gptlit.errors import UserError, check_int
-from gptlit.evaluation.precision import at_precision
+from gptlit.evaluation.autocast import at_precision
+from gptlit.evaluation.batches import batches
 
 IGNORE = -100  # targets that a window does not score
 
@@ -58,11 +59,6 @@ class PerplexityResult:
     windows: int
 
 
-def _batches(windows: list[Window], size: int) -> Iterator[list[Window]]:
-    for i in range(0, len(windows), size):
-        yield windows[i : i + size]
-
-
 @torch.no_grad()
 def perplexity(
     model: nn.Module,
@@ -81,7 +77,7 @@ def perplexity(
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
     with at_precision(model, precision), tqdm(total=len(windows), desc="perplexity", unit="window", disable=not progress) as bar:
-        for batch in _batches(windows, batch_size):
+        for batch in batches(windows, batch_size):
             width = max(w.length for w in batch)
             inputs = torch.zeros(len(batch), width, dtype=torch.long)
             targets = torch.full((len(batch), width), IGNORE, dtype=torch.long)

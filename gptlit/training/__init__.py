@@ -1,1 +1,1 @@
-"""Training with Lightning: the LightningModule, its callbacks, precision, throughput and interruption."""
+"""Training with Lightning: the LightningModule, the Trainer with batches in tokens, optimizer, schedule, loggers; callbacks/ one per file."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from gptlit.core.model import GPTModel
+from gptlit.core.model import GPTModel, same_tensor
 from gptlit.training.module import GPTLitModule
 
 
@@ -26,8 +26,8 @@ def full_model(trainer: L.Trainer, pl_module: GPTLitModule) -> GPTModel | None:
         return None
     state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     model = pl_module.model
-    if state["tok_emb.weight"].data_ptr() == model.tok_emb.weight.data_ptr():
-        return model
+    if same_tensor(state["tok_emb.weight"], model.tok_emb.weight):
+        return model  # a view of the live weights: nothing was gathered
     # Built on the meta device and given the gathered tensors: no random initial weights drawn (the global
     # generator drives training's dropout) and no second copy of the weights made.
     with torch.device("meta"):

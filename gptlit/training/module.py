@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.errors import UserError
 from gptlit.training.nonfinite import NonFiniteGuard
-from gptlit.training.console import show
+from gptlit.console import show
 from gptlit.weights.io import init_model
 
 # Called with the model (gptlit.training.optimizer.AdamW takes it, to choose the parameters that decay).
@@ -54,7 +54,7 @@ class GPTLitModule(L.LightningModule):
         chapter 5). ``trainer.gradient_clip_val`` clips the global gradient norm; ``clip_after_warmup`` clips only
         from the scheduler's first step after warmup on, as the book's appendix D does.
 
-        The book's evaluation schedule is a callback, gptlit.book.BookSchedule."""
+        The book's evaluation schedule is a callback, gptlit.book.schedule.BookSchedule."""
         super().__init__()
         self.nonfinite = NonFiniteGuard(on_nonfinite)
         config = GPTConfig.from_any(model)
@@ -83,7 +83,7 @@ class GPTLitModule(L.LightningModule):
             optimizer = torch.optim.AdamW(self.parameters(), lr=4e-4, weight_decay=0.1)
         else:
             optimizer = self.optimizer_factory(self.model)
-        if self.scheduler_factory is None:
+        if not self.scheduler_factory:  # None, or scheduler=none's empty group
             return optimizer
         # The whole run in optimizer steps: max_steps, or the epochs' batches over the accumulation.
         total = self.trainer.estimated_stepping_batches

@@ -27,6 +27,28 @@ def whole_number(name: str, value) -> int | None:
     return value
 
 
+def accumulation_steps(tokens_per_step: int | None, micro_batch_size: int, context_length: int, world_size: int,
+                       accumulate_grad_batches: int = 1) -> int:
+    """Micro-batches per optimizer step: ``tokens_per_step`` over the tokens of one micro-batch on every rank, which
+    must divide it; without ``tokens_per_step``, Lightning's ``accumulate_grad_batches``."""
+    if tokens_per_step is None:
+        return accumulate_grad_batches
+    per_micro_batch = micro_batch_size * context_length * world_size
+    if tokens_per_step % per_micro_batch:
+        raise UserError(
+            f"trainer.tokens_per_step={tokens_per_step} is not a multiple of the tokens of one micro-batch "
+            f"on all ranks, data.batch_size x data.context_length x devices x nodes = {micro_batch_size} x "
+            f"{context_length} x {world_size} = {per_micro_batch}; use a multiple of {per_micro_batch}"
+        )
+    accumulate = tokens_per_step // per_micro_batch
+    if accumulate_grad_batches not in (1, accumulate):
+        raise UserError(
+            f"trainer.accumulate_grad_batches={accumulate_grad_batches} contradicts "
+            f"trainer.tokens_per_step={tokens_per_step}, which needs {accumulate}; set only one of them"
+        )
+    return accumulate
+
+
 class Trainer(L.Trainer):
     def __init__(
         self,
@@ -46,20 +68,8 @@ class Trainer(L.Trainer):
             )
         super().__init__(*args, **kwargs)
         per_micro_batch = micro_batch_size * context_length * self.world_size
-        if tokens_per_step is not None:
-            if tokens_per_step % per_micro_batch:
-                raise UserError(
-                    f"trainer.tokens_per_step={tokens_per_step} is not a multiple of the tokens of one micro-batch "
-                    f"on all ranks, data.batch_size x data.context_length x devices x nodes = {micro_batch_size} x "
-                    f"{context_length} x {self.world_size} = {per_micro_batch}; use a multiple of {per_micro_batch}"
-                )
-            accumulate = tokens_per_step // per_micro_batch
-            if self.accumulate_grad_batches not in (1, accumulate):
-                raise UserError(
-                    f"trainer.accumulate_grad_batches={self.accumulate_grad_batches} contradicts "
-                    f"trainer.tokens_per_step={tokens_per_step}, which needs {accumulate}; set only one of them"
-                )
-            self.accumulate_grad_batches = accumulate
+        self.accumulate_grad_batches = accumulation_steps(tokens_per_step, micro_batch_size, context_length,
+                                                          self.world_size, self.accumulate_grad_batches)
         if isinstance(self.val_check_interval, int):
             self.val_check_interval *= self.accumulate_grad_batches
         self.tokens_per_step = per_micro_batch * self.accumulate_grad_batches

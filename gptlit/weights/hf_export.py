@@ -28,10 +28,6 @@ from gptlit.weights import gpt2
 CARD = "README.md"
 
 
-def is_tied(model: GPTModel) -> bool:
-    return model.out_head.weight is model.tok_emb.weight
-
-
 def gpt2_config(model: GPTModel) -> dict[str, Any]:
     """transformers' GPT2Config of ``model``, as config.json holds it."""
     cfg = model.cfg
@@ -55,7 +51,7 @@ def gpt2_config(model: GPTModel) -> dict[str, Any]:
         "reorder_and_upcast_attn": False,
         "bos_token_id": ENDOFTEXT_ID,
         "eos_token_id": ENDOFTEXT_ID,
-        "tie_word_embeddings": is_tied(model),
+        "tie_word_embeddings": model.tied_head,
         "torch_dtype": str(model.tok_emb.weight.dtype).removeprefix("torch."),
         "use_cache": True,
     }
@@ -97,7 +93,7 @@ def model_card(model: GPTModel, source: str, run: dict[str, Any], run_config: st
         "# GPT-2-style model trained with gptlit", "",
         f"A GPT-2 architecture ({params / 1e6:.1f}M parameters: {cfg.n_layers} layers, {cfg.n_heads} heads, "
         f"embedding {cfg.emb_dim}, context {cfg.context_length} tokens, GPT-2's tokenizer; "
-        f"{'output head tied to the token embedding' if is_tied(model) else 'separate output head'}"
+        f"{'output head tied to the token embedding' if model.tied_head else 'separate output head'}"
         f"{'' if cfg.qkv_bias else '; trained without query/key/value biases, exported as zeros'}), "
         f"exported from `{source}`. It loads with `transformers.AutoModelForCausalLM.from_pretrained`.", "",
     ]
@@ -128,7 +124,7 @@ def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         (work / "config.json").write_text(json.dumps(gpt2_config(model), indent=2))
-        tensors = gpt2.to_gpt2(model.state_dict(), model.cfg.n_layers, is_tied(model))
+        tensors = gpt2.to_gpt2(model.state_dict(), model.cfg.n_layers, model.tied_head)
         save_file(tensors, work / "model.safetensors", metadata={"format": "pt"})
         for name, content in tokenizer_files(model.cfg.context_length).items():
             (work / name).write_bytes(content)

@@ -24,19 +24,25 @@ from safetensors.torch import load_file, save_file
 from gptlit.weights import gpt2
 from gptlit.errors import UserError
 from gptlit.files import atomic_path, atomic_write
-from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.core.model import GPTConfig, GPTModel, same_tensor
 
 log = logging.getLogger(__name__)
 
-# The sizes of conf/model/*.yaml, to name the `model=` a file fits; kept here so an installed gptlit, which has
-# no conf/, names them too (tests/test_configs.py holds the two in step).
-MODEL_SIZES = {
-    "gpt124m": {"emb_dim": 768, "n_heads": 12, "n_layers": 12},
-    "gpt355m": {"emb_dim": 1024, "n_heads": 16, "n_layers": 24},
-    "gpt774m": {"emb_dim": 1280, "n_heads": 20, "n_layers": 36},
-    "gpt1558m": {"emb_dim": 1600, "n_heads": 25, "n_layers": 48},
-    "tiny": {"emb_dim": 32, "n_heads": 2, "n_layers": 2},
-}
+# conf/model/, beside the package in a checkout: its files name the `model=` that a weights file fits.
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
+SIZE_KEYS = ("emb_dim", "n_heads", "n_layers")
+
+
+def model_sizes(folder: Path = MODEL_CONFIG_DIR) -> dict[str, dict[str, int]]:
+    """{name: {emb_dim, n_heads, n_layers}} of each conf/model/<name>.yaml (empty where there is no conf/)."""
+    import yaml  # PyYAML, which Hydra brings; plain YAML only: these keys are literals
+
+    sizes = {}
+    for path in sorted(folder.glob("*.yaml")):
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if all(isinstance(config.get(k), int) for k in SIZE_KEYS):
+            sizes[path.stem] = {k: config[k] for k in SIZE_KEYS}
+    return sizes
 GPT2_VOCAB_SIZE = 50257
 CONFIG_METADATA_KEY = "gptlit.config"
 # "true" when the output head is the token embedding: the file stores the tensor once, loading ties them again.
@@ -58,8 +64,7 @@ class Weights:
     @property
     def tied(self) -> bool:
         """The output head shares the token embedding's storage (GPT-2, and models trained from it)."""
-        head, emb = self.state.get("out_head.weight"), self.state.get("tok_emb.weight")
-        return head is not None and emb is not None and head.shape == emb.shape and head.data_ptr() == emb.data_ptr()
+        return same_tensor(self.state.get("out_head.weight"), self.state.get("tok_emb.weight"))
 
     @property
     def context_length(self) -> int:
@@ -256,7 +261,7 @@ def fitting_model(state: Mapping[str, torch.Tensor]) -> str:
     found = shapes_config(state)
     if not found:
         return "no GPTModel config (it lacks tok_emb.weight or pos_emb.weight)"
-    for name, sizes in sorted(MODEL_SIZES.items()):
+    for name, sizes in model_sizes().items():
         if found["vocab_size"] == GPT2_VOCAB_SIZE and all(sizes[k] == found[k] for k in ("emb_dim", "n_layers")):
             extra = " model.qkv_bias=true" if found["qkv_bias"] else ""
             return f"model={name} data.context_length={found['context_length']}{extra}"
@@ -397,7 +402,7 @@ def save_safetensors(model: GPTModel, path: str | Path) -> Path:
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(model.cfg.to_dict())}
-    if model.out_head.weight.data_ptr() == model.tok_emb.weight.data_ptr():
+    if model.tied_head:
         del state["out_head.weight"]
         metadata[TIED_METADATA_KEY] = "true"
     metadata[CHECKSUM_METADATA_KEY] = tensors_crc32(state)

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 
 from gptlit.files import shown_path
-from gptlit.training.console import show
+from gptlit.console import show
 from gptlit.training.module import GPTLitModule
 
 
@@ -29,7 +29,7 @@ class RunSummary(L.Callback):
         cfg = pl_module.config
         model = pl_module.model
         total = sum(p.numel() for p in model.parameters())  # a tied head's weight is counted once
-        if model.out_head.weight is model.tok_emb.weight:
+        if model.tied_head:
             size = f"{millions(total)} parameters (the output head is the token embedding, as in GPT-2)"
         else:
             # GPT-2 ties its output head to the token embedding; its "124M" counts the two once.

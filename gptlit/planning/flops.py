@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from gptlit.core.device import synchronize
 from gptlit.core.model import GPTConfig
 
 
@@ -27,13 +28,6 @@ def matmul_parameters(cfg: GPTConfig) -> int:
 def training_flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     seq_len = cfg.context_length if seq_len is None else seq_len
     return 6.0 * matmul_parameters(cfg) + 12.0 * cfg.n_layers * seq_len * cfg.emb_dim
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def step_matmul_shapes(cfg: GPTConfig, tokens: int) -> list[tuple[int, int, int, int]]:
@@ -62,12 +56,12 @@ def measure_matmul_flops(
         a = torch.randn(m, k, device=device, dtype=dtype, generator=generator)
         b = torch.randn(k, n, device=device, dtype=dtype, generator=generator)
         a @ b  # the first call pays for kernel selection and memory
-        _synchronize(device)
+        synchronize(device)
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             a @ b
-            _synchronize(device)
+            synchronize(device)
             best = min(best, time.perf_counter() - start)
         flops += 2.0 * m * k * n * count
         seconds += best * count

@@ -37,8 +37,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from gptlit.core.device import synchronize
 from gptlit.core.model import GPTConfig, GPTModel
-from gptlit.training.throughput import (
+from gptlit.files import human_bytes
+from gptlit.planning.flops import (
     matmul_parameters,
     measure_matmul_flops,
     step_matmul_shapes,
@@ -113,11 +115,6 @@ def process_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(
     cfg: GPTConfig,
     micro_batch: int,
@@ -142,7 +139,7 @@ def time_steps(
             loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         loss.backward()
         optimizer.step()
-        _synchronize(device)
+        synchronize(device)
         if i:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -244,57 +241,56 @@ class RunPlan:
         return self.tokens_per_second / self.devices * self.flops_per_token / self.matmul_flops
 
 
-def plan_run(
-    cfg: GPTConfig,
-    micro_batch: int,
-    devices: int,
-    accumulation: int,
-    device: torch.device,
-    precision: str,
-    autocast_dtype: torch.dtype | None,
-    optimizer_factory: Callable,
-    steps: int | None,
-    steps_per_epoch: int | None,
-    budget: str,
-    baseline: int,
-    evaluations: int | None = None,
-    eval_batches: int = 0,
-) -> RunPlan:
+@dataclass
+class RunShape:
+    """What the config says of a run, as plan_run needs it: the model, its batch and devices, its length."""
+
+    config: GPTConfig
+    micro_batch: int
+    devices: int
+    accumulation: int
+    device: torch.device
+    precision: str
+    autocast_dtype: torch.dtype | None  # the mixed-precision dtype, None in fp32
+    optimizer_factory: Callable
+    steps: int | None  # optimizer steps of the whole run, when known
+    steps_per_epoch: int | None
+    budget: str  # what ends the run, in words
+    baseline: int  # the process's own memory before the run allocates anything
+    evaluations: int | None = None
+    eval_batches: int = 0
+
+
+def plan_run(run: RunShape) -> RunPlan:
+    """Measure the device (matmul rate, a short probe of the real step) and predict the run's memory and time."""
+    cfg, micro_batch, device, autocast_dtype = run.config, run.micro_batch, run.device, run.autocast_dtype
     seq_len = cfg.context_length
     matmul_dtype = autocast_dtype or torch.float32
     largest = None
     if device.type == "cuda":
         largest = largest_micro_batch(cfg, seq_len, "cuda", torch.cuda.get_device_properties(device).total_memory)
-    memory = plan_memory(cfg, micro_batch, seq_len, device.type, baseline if device.type == "cpu" else 0)
+    memory = plan_memory(cfg, micro_batch, seq_len, device.type, run.baseline if device.type == "cpu" else 0)
     fits = memory.peak - memory.baseline < 0.8 * available_memory(device)
     return RunPlan(
         config=cfg,
         parameters=parameter_count(cfg),
         micro_batch=micro_batch,
         seq_len=seq_len,
-        devices=devices,
-        accumulation=accumulation,
+        devices=run.devices,
+        accumulation=run.accumulation,
         device=str(device),
-        precision=precision,
+        precision=run.precision,
         memory=memory,
         flops_per_token=training_flops_per_token(cfg, seq_len),
         matmul_flops=measure_matmul_flops(device, matmul_dtype, repeats=3, shapes=step_matmul_shapes(cfg, micro_batch * seq_len)),
-        probe=probe_step(cfg, micro_batch, seq_len, device, autocast_dtype, optimizer_factory, fits),
-        steps=steps,
-        steps_per_epoch=steps_per_epoch,
-        budget=budget,
+        probe=probe_step(cfg, micro_batch, seq_len, device, autocast_dtype, run.optimizer_factory, fits),
+        steps=run.steps,
+        steps_per_epoch=run.steps_per_epoch,
+        budget=run.budget,
         largest_micro_batch=largest,
-        evaluations=evaluations,
-        eval_batches=eval_batches,
+        evaluations=run.evaluations,
+        eval_batches=run.eval_batches,
     )
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.2f} {unit}" if n < 10 else f"{n:.1f} {unit}" if n < 100 else f"{n:.0f} {unit}"
-        n /= 1000
-    raise AssertionError
 
 
 def human_seconds(s: float) -> str:

@@ -15,10 +15,12 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import FSDPStrategy
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gptlit.core.device import resolve_device_type, why_unavailable
 from gptlit.errors import UserError, check_int
+from gptlit.files import atomic_write
+from gptlit.planning.precision import AUTO, training_precision
 from gptlit.training.checkpoint_io import SafeCheckpointIO
 from gptlit.training.loggers import log_hyperparameters
 from gptlit.training.module import GPTLitModule
@@ -91,10 +93,28 @@ def is_fsdp(strategy) -> bool:
     return str(strategy or "").lower().startswith("fsdp")
 
 
+def decide_precision(cfg: DictConfig) -> None:
+    """Replace trainer.precision=auto by the precision measured for this run (gptlit.planning.precision), in the
+    config and in the run's .hydra/config.yaml, so the record says what was used."""
+    if str(cfg.trainer.precision) != AUTO:
+        return
+    chosen = training_precision(AUTO, str(cfg.trainer.accelerator), cfg.model.emb_dim, cfg.model.vocab_size,
+                                cfg.data.context_length, cfg.data.batch_size)
+    with open_dict(cfg):
+        cfg.trainer.precision = chosen
+    saved = Path(cfg.run_dir, ".hydra", "config.yaml")
+    if saved.is_file() and os.environ.get("LOCAL_RANK", "0") == "0":
+        record = OmegaConf.load(saved)
+        record.trainer.precision = chosen
+        with atomic_write(saved, "w") as f:
+            f.write(OmegaConf.to_yaml(record))
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
     """The datamodule, module and trainer of a run, each from its config group; nothing is trained yet."""
     check_trainer(cfg.trainer)
     quiet_known_warnings(cfg)
+    decide_precision(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     if os.environ.get("LOCAL_RANK", "0") == "0":
@@ -105,13 +125,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     # A missing, damaged, unsafe or weights-only checkpoint is reported before anything is built or written.
     # Mapped, not read into memory: Lightning restores it whole afterwards, optimizer state included.
     resume_from = read_resume_checkpoint(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
-    module = GPTLitModule(
-        instantiate(cfg.model),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        init_from=cfg.init_from,
-        **cfg.module,
-    )
+    module = instantiate(cfg.module)
     if resume_from is not None:
         check_fits(module.model, resume_from)  # a checkpoint of another size names the model= that fits it
         check_same_config(module.model.cfg, resume_from)  # n_heads, drop_rate, ...: what shapes do not show

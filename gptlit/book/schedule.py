@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from gptlit.errors import check_int
-from gptlit.training.console import show
+from gptlit.console import show
 from gptlit.training.module import GPTLitModule, evaluation_line
 
 

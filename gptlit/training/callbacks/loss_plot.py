@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gptlit.files import atomic_write
+from gptlit.training.module import GPTLitModule
 
 
 def plot_losses(
@@ -39,3 +42,24 @@ def plot_losses(
             fig.savefig(f, format=suffix[1:])
         written.append(path)
     return written
+
+
+class LossPlot(L.Callback):
+    """Save the book's loss plot (PNG and PDF) from the evaluations of the run when training ends."""
+
+    def __init__(self, dirpath: str | Path, filename: str = "loss-plot"):
+        self.dirpath = Path(dirpath)
+        self.filename = filename
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        history = pl_module.history
+        if not history:
+            return
+        plot_losses(
+            [h["epoch"] for h in history],
+            [h["tokens_seen"] for h in history],
+            [h["train_loss"] for h in history],
+            [h["val_loss"] for h in history],
+            self.dirpath / self.filename,
+        )

@@ -8,8 +8,10 @@ autocast adds casts and keeps the non-matmul work in fp32, so a small matmul gai
 step. The result is cached per machine, device, torch version, thread count and shapes
 (``$GPTLIT_CACHE_DIR``, else ``~/.cache/gptlit``), so the probe costs its second or two once, not every run.
 
-``conf/trainer/default.yaml`` asks for the choice through the ``gptlit.precision`` resolver, passing the model and
-batch sizes; an explicit ``trainer.precision=...`` replaces it. MPS trains in fp32 without a probe.
+``trainer.precision=auto`` (conf/trainer/default.yaml) asks for the choice; it is made once, when the run is built
+(gptlit.cli.build), by the process that starts the run, and handed to the ranks Lightning launches through the
+environment, so every rank trains in the same precision and ``.hydra/config.yaml`` records the one used. An
+explicit ``trainer.precision=...`` replaces it. MPS trains in fp32 without a probe.
 """
 
 from __future__ import annotations
@@ -24,18 +26,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from gptlit.core.device import resolve_device_type
 from gptlit.core.model import GPTConfig
 from gptlit.files import atomic_write
-from gptlit.training.throughput import measure_matmul_flops, step_matmul_shapes
+from gptlit.planning.flops import measure_matmul_flops, step_matmul_shapes
 
 log = logging.getLogger(__name__)
 
 BF16 = "bf16-mixed"
 FP32 = "32-true"
-RESOLVER = "gptlit.precision"
+AUTO = "auto"
+# The choice of the process that built the run, inherited by the ranks that Lightning starts from it.
+CHOSEN_ENV = "GPTLIT_PRECISION"
 # bf16 matmuls must beat fp32 by this much before bf16-mixed is worth its casts (see the module docstring).
 BF16_MARGIN = 1.5
 # The probe's sizes are clamped to [PROBE_MIN, PROBE_TOKENS]: rates, not totals, decide, so more tokens only
@@ -162,5 +165,14 @@ def default_precision(
     return probe(device, int(emb_dim), int(vocab_size), int(context_length) * int(batch_size)).precision
 
 
-def register_resolver() -> None:
-    OmegaConf.register_new_resolver(RESOLVER, default_precision, replace=True)
+def training_precision(requested, accelerator: str, emb_dim: int, vocab_size: int, context_length: int,
+                       batch_size: int) -> str:
+    """``requested`` as it is, or for ``auto`` the measured choice: the launching process's where this process is a
+    rank it started, else measured here and handed on to the ranks this process will start."""
+    if str(requested) != AUTO:
+        return requested
+    chosen = os.environ.get(CHOSEN_ENV)
+    if not chosen:
+        chosen = default_precision(accelerator, emb_dim, vocab_size, context_length, batch_size)
+        os.environ[CHOSEN_ENV] = chosen
+    return chosen

@@ -1,0 +1,96 @@
+"""What a training run will cost, before it runs: `python plan.py [the same overrides as train.py]`.
+
+Prints the parameters, FLOPs per token, memory (weights, gradients, AdamW state, activations, predicted peak), the
+device's measured matmul rate, a short probe of the real step, and the predicted tokens/s, time per epoch and
+for the whole run; on a GPU also the largest micro-batch that fits. Takes seconds and trains nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gptlit.cli.command_line import CONFIG_DIR, check_group_choices
+from gptlit.cli.user_errors import exit_on_user_error, fail
+from gptlit.core.device import pick_device, precision_dtype
+from gptlit.planning.plan import (
+    RunShape, batches_per_evaluation, describe, evaluation_count, plan_run, process_rss, steps_for,
+)
+from gptlit.planning.precision import training_precision
+from gptlit.training.trainer import accumulation_steps, whole_number
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml with the overrides, composed as train.py composes it (without a run directory)."""
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[*overrides, "run_dir=."])
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as err:
+        fail(f"{str(err).splitlines()[0]} (overrides are those of train.py, e.g. model=gpt124m data.batch_size=4)")
+    return cfg
+
+
+def devices_of(trainer: DictConfig, device: torch.device) -> int:
+    devices = trainer.devices
+    if devices in ("auto", -1, "-1"):
+        devices = torch.cuda.device_count() if device.type == "cuda" else 1
+    count = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else int(devices)
+    return count * int(trainer.get("num_nodes", 1) or 1)
+
+
+def plan(cfg: DictConfig) -> str:
+    model = instantiate(cfg.model)
+    device = pick_device(str(cfg.trainer.accelerator))
+    devices = devices_of(cfg.trainer, device)
+    micro_batch = cfg.data.batch_size
+    accumulation = accumulation_steps(whole_number("trainer.tokens_per_step", cfg.trainer.get("tokens_per_step")),
+                                      micro_batch, model.context_length, devices,
+                                      int(cfg.trainer.get("accumulate_grad_batches", 1) or 1))
+    # The corpus is read as train.py reads it, for the epoch's length (a textfiles corpus is tokenized once).
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    steps_per_epoch = len(datamodule.train_set) // (micro_batch * devices) // accumulation or None
+    baseline = process_rss()  # before the probe allocates anything: the process a run starts from
+    precision = training_precision(cfg.trainer.precision, str(cfg.trainer.accelerator), model.emb_dim, model.vocab_size,
+                                   cfg.data.context_length, micro_batch)
+    tokens_per_step = micro_batch * model.context_length * devices * accumulation
+    steps, budget = steps_for(cfg.trainer.max_steps, cfg.trainer.max_epochs, steps_per_epoch,
+                              cfg.trainer.get("max_tokens"), tokens_per_step)
+    # Evaluation reads both splits: the train split's batches (the book's estimate of the training loss) and
+    # the val split's, each rank its share.
+    book_schedule = (cfg.get("callbacks") or {}).get("book_schedule")
+    evaluations = evaluation_count(steps, cfg.trainer.val_check_interval,
+                                   book_schedule.get("eval_freq") if book_schedule else None)
+    limit = book_schedule.get("eval_iter") if book_schedule else cfg.trainer.limit_val_batches
+    eval_batches = sum(
+        batches_per_evaluation(limit, math.ceil(len(windows) / micro_batch / devices))
+        for windows in (datamodule.train_set, datamodule.val_set)
+    )
+    run = plan_run(RunShape(
+        config=model, micro_batch=micro_batch, devices=devices, accumulation=accumulation, device=device,
+        precision=precision, autocast_dtype=precision_dtype(precision) if precision.endswith("-mixed") else None,
+        optimizer_factory=instantiate(cfg.optimizer), steps=steps, steps_per_epoch=steps_per_epoch, budget=budget,
+        baseline=baseline, evaluations=evaluations, eval_batches=eval_batches,
+    ))
+    return describe(run)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(__doc__.strip())
+        return
+    check_group_choices(CONFIG_DIR, argv)
+    with exit_on_user_error():
+        print(plan(compose_train(argv)))
+
+
+def cli() -> None:
+    main(sys.argv[1:])
