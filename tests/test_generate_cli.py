@@ -71,10 +71,10 @@ def test_pth_with_model_and_sampling(capsys, files):
 
 def test_pretrained_folder_with_top_p_and_seed(capsys, files):
     folder, _ = files
-    out = run_generate(capsys, f"pretrained={folder / 'gpt2-local'}", "decoding.top_p=0.9", "seed=7")
-    # decoding.top_p alone keeps greedy decoding (temperature 0); the seed then changes nothing.
+    out = run_generate(capsys, f"pretrained={folder / 'gpt2-local'}", "decoding.temperature=0.8", "decoding.top_p=0.9",
+                       "seed=7")
     ours = model_from_weights(read_weights(str(folder / "gpt2-local")))
-    assert out == expected_text(ours, seed=7, top_p=0.9)
+    assert out == expected_text(ours, seed=7, temperature=0.8, top_p=0.9)
     sampled = run_generate(
         capsys, f"pretrained={folder / 'gpt2-local'}", "decoding=sample", "decoding.top_p=0.9", "seed=7", "max_new_tokens=15"
     )
@@ -99,6 +99,9 @@ def test_interactive_reads_prompts_until_eof(capsys, files):
         (["ckpt_path={folder}/last.ckpt", "max_new_tokens=-2"], r"max_new_tokens must be an integer >= 0"),
         (["ckpt_path={folder}/last.ckpt", "prompt=''"], r"the prompt is empty"),
         (["ckpt_path={folder}/last.ckpt", "decoding.top_p=1.5"], r"decoding\.top_p must be in \(0, 1\]"),
+        # Filters on greedy decoding would be ignored without a word.
+        (["ckpt_path={folder}/last.ckpt", "decoding.top_p=0.9"], r"only act when sampling, but decoding\.temperature is 0"),
+        (["ckpt_path={folder}/last.ckpt", "decoding.top_k=5"], r"only act when sampling"),
     ],
 )
 def test_user_errors(capsys, files, overrides, message):
@@ -129,3 +132,48 @@ def test_cli_bad_value_is_one_line_and_exit_2(files):
     result = cli(f"ckpt_path={folder / 'last.ckpt'}", "decoding.temperature=-1")
     assert result.returncode == 2
     assert result.stderr == "error: decoding.temperature must be >= 0 (0 = greedy), got -1\n"
+
+
+@pytest.mark.parametrize("prompt", ["Hello, world", "It's a prompt"])
+def test_a_sentence_as_prompt_is_one_line_naming_the_quoting_and_prompt_file(files, prompt):
+    folder, _ = files
+    result = cli(f"ckpt_path={folder / 'last.ckpt'}", f"prompt={prompt}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"error: prompt={prompt}: Hydra ") and result.stderr.count("\n") == 1
+    assert "prompt_file=FILE" in result.stderr
+
+
+def test_prompt_file_and_stdin_take_any_text(files, tmp_path):
+    folder, model = files
+    prompt = 'Hello, world: "it\'s" here'
+    (tmp_path / "prompt.txt").write_text(prompt + "\n", encoding="utf-8")
+    expected = expected_text(model, prompt=prompt, new=5)
+    from_file = cli(f"ckpt_path={folder / 'last.ckpt'}", f"prompt_file={tmp_path / 'prompt.txt'}", "max_new_tokens=5")
+    assert from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout == expected
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    from_stdin = subprocess.run([sys.executable, "generate.py", f"ckpt_path={folder / 'last.ckpt'}", "prompt_file=-",
+                                 "max_new_tokens=5"], cwd=ROOT, input=prompt, capture_output=True, text=True, env=env)
+    assert from_stdin.stdout == expected
+    # The quoting the error line advises works too.
+    quoted = cli(f"ckpt_path={folder / 'last.ckpt'}", 'prompt="Hello, world"', "max_new_tokens=5")
+    assert quoted.stdout == expected_text(model, prompt="Hello, world", new=5)
+
+
+def test_stream_false_prints_the_completion_in_one_write(files):
+    folder, model = files
+    cfg = compose_config(f"ckpt_path={folder / 'last.ckpt'}", "max_new_tokens=8", "stream=false", config="generate")
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    decoding = DecodingConfig()
+    torch.manual_seed(cfg.seed)
+    generate_py.complete(generate_py.load_model(cfg)[0].eval(), cfg.prompt, cfg, decoding, out=Recorder())
+    # The prompt, the whole completion, the newline: three writes, even with PYTHONUNBUFFERED set.
+    assert len([w for w in writes if w]) == 3 and "".join(writes) == expected_text(model, new=8)

@@ -126,6 +126,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     # Mapped, not read into memory: Lightning restores it whole afterwards, optimizer state included.
     resume_from = read_resume_checkpoint(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
     module = instantiate(cfg.module)
+    module.check_optimization()
     if resume_from is not None:
         check_fits(module.model, resume_from)  # a checkpoint of another size names the model= that fits it
         check_same_config(module.model.cfg, resume_from)  # n_heads, drop_rate, ...: what shapes do not show

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
 from gptlit.cli.override_keys import check_keys
 from gptlit.cli.user_errors import exit_on_user_error, fail
 
@@ -56,8 +58,36 @@ def check_group_choices(config_dir: Path, argv: list[str]) -> None:
                 fail(f"unknown {group}={value}; choose one of: {', '.join(options)} (files in {group_dir})")
 
 
+def check_text_values(argv: list[str], groups: set[str]) -> None:
+    """A sentence as a value (prompt=Hello, world) is a sweep or a syntax error to Hydra's grammar, which then
+    advises --multirun. Say instead how to pass it: quoted inside the argument, or from a file."""
+    if any(arg in ("-m", "--multirun") for arg in argv):
+        return
+    parser = OverridesParser.create()
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or arg.startswith("-") or not re.fullmatch(r"[+~]{0,2}[\w.]+", key) or key.lstrip("+~") in groups:
+            continue
+        try:
+            sweep = parser.parse_override(arg).is_sweep_override()
+        except Exception:
+            sweep = None
+        if sweep is False:
+            continue
+        name = key.lstrip("+~")
+        why = "reads the commas as a list of values" if sweep else "cannot read it as a value"
+        if "'" in value:
+            quoted = f'"{name}=\\"{value}\\""'  # the shell's double quotes keep the apostrophe and the inner quotes
+        else:
+            quoted = f"'{name}=\"{value}\"'"
+        from_file = "; or put the text in a file and pass prompt_file=FILE (prompt_file=- reads stdin)" \
+            if name == "prompt" else ""
+        fail(f"{name}={value}: Hydra {why}; quote the value inside the argument: {quoted}{from_file}")
+
+
 def check_command_line(config_name: str, argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
     """Everything an entry point checks on its command line before Hydra runs."""
+    check_text_values(argv, {p.name for p in config_dir.iterdir() if p.is_dir()})
     check_group_choices(config_dir, argv)
     with exit_on_user_error():
         check_keys(config_dir, config_name, argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 import warnings
 
 import hydra
@@ -17,17 +18,32 @@ from gptlit.core.generation import DecodingConfig, stream
 from gptlit.core.device import model_device, pick_device
 from gptlit.core.model import GPTModel
 from gptlit.core.tokenizer import decode_stream, encode, get_tokenizer
+from gptlit.errors import UserError
 
 
 def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingConfig, out=None) -> None:
-    """Print the prompt, then each piece of text as soon as its tokens are generated."""
+    """Print the prompt, then each piece of text as soon as its tokens are generated (``stream=true``), or the
+    whole text once it is done (``stream=false``), whatever buffering the output has."""
     out = out or sys.stdout
     idx = torch.tensor([encode(prompt)], device=model_device(model))
     tokens = (t.item() for t in stream(model, idx, cfg.max_new_tokens, model.cfg.context_length, decoding))
+    pieces = decode_stream(tokens, get_tokenizer())
+    if not cfg.stream:
+        pieces = ["".join(pieces)]
     print(prompt, end="", file=out, flush=True)
-    for piece in decode_stream(tokens, get_tokenizer()):
-        print(piece, end="", file=out, flush=cfg.stream)
+    for piece in pieces:
+        print(piece, end="", file=out, flush=True)
     print(file=out, flush=True)
+
+
+def read_prompt(prompt_file: str) -> str:
+    """The text of ``prompt_file`` (``-``: standard input), without the newline that ends a file's last line."""
+    try:
+        text = sys.stdin.read() if prompt_file == "-" else Path(prompt_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"prompt_file={prompt_file} cannot be read ({err.__class__.__name__}: {err}); pass a UTF-8 "
+                        "text file, or - to read the prompt from stdin") from None
+    return text.removesuffix("\n")
 
 
 def run(cfg: DictConfig) -> None:
@@ -36,7 +52,10 @@ def run(cfg: DictConfig) -> None:
     model = load_model(cfg)[0].to(device).eval()
     # Seeded after the model is built (building draws random initial weights), so sampling draws alone decide.
     torch.manual_seed(cfg.seed)
-    prompts = (line.rstrip("\n") for line in sys.stdin) if cfg.interactive else [cfg.prompt]
+    if cfg.interactive:
+        prompts = (line.rstrip("\n") for line in sys.stdin)
+    else:
+        prompts = [read_prompt(cfg.prompt_file) if cfg.prompt_file else cfg.prompt]
     for prompt in prompts:
         if cfg.interactive and not prompt.strip():
             continue

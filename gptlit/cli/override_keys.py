@@ -7,12 +7,14 @@ changes nothing. Here each such case is one UserError naming the key most likely
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 import shlex
 from pathlib import Path
 from typing import Iterator
 
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_object
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
@@ -65,13 +67,20 @@ def check_key(override: Override, config: dict, script: str) -> None:
                             f"{'.'.join([source.group(1), *path[depth:]])}={value}")
     if override.is_add() and found:
         raise UserError(f"{key} is a setting already; write {key}={value}, without the +")
-    if found is not False or (adds and depth > 0):
-        return  # known, or a new argument for a group's constructor, such as +trainer.accumulate_grad_batches=4
+    target = parent.get("_target_") if isinstance(parent, dict) and depth == len(path) - 1 else None
+    takes = constructor_arguments(target) if isinstance(target, str) else None
+    if found is not False:
+        return  # a known key
+    if adds and depth > 0 and (takes is None or path[-1] in takes):
+        return  # a new argument for a group's constructor, such as +trainer.accumulate_grad_batches=4
+    group = ".".join(path[:depth])
     guess = likely_key(key, config)
     if guess:
         hint = f"did you mean {guess}{'' if override.is_delete() else '=' + value}?"
+    elif takes is not None and path[-1] not in takes:
+        hint = f"{target} takes no argument {path[-1]}; its arguments: {', '.join(sorted(takes))}"
     elif depth > 0 and "_target_" in parent and not override.is_delete():
-        hint = f"to hand {'.'.join(path[:depth])}'s constructor an argument its config does not list, write +{key}={value}"
+        hint = f"to hand {group}'s constructor an argument its config does not list, write +{key}={value}"
     else:
         hint = f"python {script} --help lists the settings"
     if override.is_delete():
@@ -81,6 +90,28 @@ def check_key(override: Override, config: dict, script: str) -> None:
         raise UserError(f"{plus}{key}={value} adds a setting that {script} never reads, so it would change "
                         f"nothing; {hint}")
     raise UserError(f"{script} has no setting {key}; {hint}")
+
+
+def constructor_arguments(target: str) -> set[str] | None:
+    """The keyword arguments the ``_target_`` of a group accepts, following ``**kwargs`` into the base classes'
+    constructors (gptlit's AdamW hands them to torch's); None where that cannot be known."""
+    try:
+        obj = get_object(target)
+    except Exception:
+        return None
+    names: set[str] = set()
+    for owner in (obj.__mro__ if inspect.isclass(obj) else [obj]):
+        init = owner.__init__ if inspect.isclass(obj) else owner
+        if inspect.isclass(obj) and "__init__" not in vars(owner):
+            continue
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names - {"self"}
+    return None  # **kwargs all the way up: anything may be accepted
 
 
 def first_choice(override: Override) -> str:

@@ -37,6 +37,10 @@ class DecodingConfig:
             check_int("decoding.top_k", self.top_k, what="a positive integer or null")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UserError(f"decoding.top_p must be in (0, 1] or null, got {self.top_p}")
+        if self.temperature == 0 and (self.top_k is not None or self.top_p is not None):
+            # Greedy decoding takes the most likely token whatever the filters keep: they would be ignored.
+            raise UserError("decoding.top_k and decoding.top_p only act when sampling, but decoding.temperature is 0 "
+                            "(greedy); set decoding.temperature above 0 (decoding=sample sets 1.4), or drop them")
 
     def check_vocab(self, vocab_size: int) -> None:
         if self.top_k is not None and self.top_k > vocab_size:

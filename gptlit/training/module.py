@@ -78,11 +78,23 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+    def check_optimization(self) -> None:
+        """Build the optimizer and the schedule once, and drop them, so that a bad setting (optimizer.lr=abc) is
+        refused when the run is built, before the run writes anything; training builds its own in
+        configure_optimizers. Cheap: the optimizers allocate their state at the first step."""
+        optimizer = self._optimizer()
+        if self.scheduler_factory:
+            self.scheduler_factory(optimizer, total_steps=1)
+        # The schedule wrote its initial rates into the parameter groups; nothing of this optimizer is kept.
+        del optimizer
+
+    def _optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:
-            optimizer = torch.optim.AdamW(self.parameters(), lr=4e-4, weight_decay=0.1)
-        else:
-            optimizer = self.optimizer_factory(self.model)
+            return torch.optim.AdamW(self.parameters(), lr=4e-4, weight_decay=0.1)
+        return self.optimizer_factory(self.model)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self._optimizer()
         if not self.scheduler_factory:  # None, or scheduler=none's empty group
             return optimizer
         # The whole run in optimizer steps: max_steps, or the epochs' batches over the accumulation.

@@ -56,6 +56,9 @@ class AdamW(torch.optim.AdamW):
         decay: str = "all",
         **kwargs,
     ):
+        for key, value, least in (("lr", lr, "a positive"), ("weight_decay", weight_decay, "a non-negative")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "lr" and value == 0):
+                raise UserError(f"optimizer.{key} must be {least} number, got {value!r}")
         if decay not in DECAY_CHOICES:
             choices = "; ".join(f"{k}: {v}" for k, v in DECAY_CHOICES.items())
             raise UserError(f"optimizer.decay must be one of all, matrices, ndim2 ({choices}), got {decay!r}")
