@@ -100,8 +100,9 @@ def atomic_path(path: str | Path, size_hint: int | None = None) -> Iterator[Path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_writer_id()}.", suffix=".tmp")
     os.close(fd)
     try:
-        usual_permissions(tmp)
         yield Path(tmp)
+        # After the writer, which may have made the file anew (safetensors' save_file writes owner-only files).
+        usual_permissions(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -49,6 +49,15 @@ def tiny_cfg() -> dict:
     return dict(TINY_CFG)
 
 
+def pytest_collection_modifyitems(config, items):
+    # Tests of the CUDA paths run where a GPU is, and say why they did not elsewhere.
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 @pytest.fixture(autouse=True)
 def _fixed_seed():
     torch.manual_seed(0)

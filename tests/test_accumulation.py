@@ -16,6 +16,9 @@ from gptlit.weights.io import read_checkpoint
 from .conftest import compose_train
 from .test_distributed import max_weight_diff, run_train
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 CONTEXT = 32
 # The first 3200 characters of The Verdict: 22 training windows of 32 tokens. One process with batches of 4 uses
 # 20 of them in 5 steps per epoch; batches of 2 accumulated over 2 leave an odd 11th batch at the end of each

@@ -8,6 +8,9 @@ import pytest
 
 from .conftest import ROOT, find_verdict
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 # A line of each script's table, printed at full size and in smoke mode alike.
 TABLE_LINES = {
     "book_ch5.py": "Training completed in",

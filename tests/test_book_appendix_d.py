@@ -1,3 +1,4 @@
+import pytest
 """`experiment=book_appendix_d` against the book's own appendix-D train_model, on a small model in a few minutes.
 
 The model is wide enough (emb_dim 128) that the global gradient norm stays above 1.0 after warmup, so the
@@ -16,6 +17,9 @@ from gptlit.core.tokenizer import get_tokenizer
 
 from .book_reference import assert_same_weights, book_loaders
 from .test_configs import compose_train
+
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
 
 SIZE = {"emb_dim": 128, "n_heads": 4, "n_layers": 2}
 CONTEXT, EPOCHS = 64, 1

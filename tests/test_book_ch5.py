@@ -1,3 +1,4 @@
+import pytest
 """`experiment=book_ch5` against the book's own train_model_simple, on a tiny model in seconds."""
 
 import re
@@ -11,6 +12,9 @@ from gptlit.cli.build import fit as train
 
 from .book_reference import assert_same_weights, book_loaders
 from .test_configs import compose_train
+
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
 
 TINY = {"emb_dim": 32, "n_heads": 4, "n_layers": 2}
 CONTEXT, EPOCHS = 64, 2

@@ -13,6 +13,9 @@ from gptlit.training.module import GPTLitModule
 
 from .conftest import compose_train
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 BOOK = ["+callbacks.book_schedule._target_=gptlit.book.schedule.BookSchedule", "+callbacks.book_schedule.eval_freq=2",
         "+callbacks.book_schedule.eval_iter=2", "trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0",
         "callbacks.export_weights=null", "callbacks.best_checkpoint=null"]

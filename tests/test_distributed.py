@@ -16,6 +16,9 @@ from gptlit.weights.io import read_checkpoint, read_weights
 
 from .conftest import ROOT, compose_config
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 STEPS = 6
 EVAL_EVERY = 3
 

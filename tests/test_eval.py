@@ -246,3 +246,14 @@ def test_hellaswag_callback_scores_the_model_during_training(tmp_path, hellaswag
     assert [line.split(":")[0] for line in lines] == ["HellaSwag at step 2", "HellaSwag at step 4"]
     final = hellaswag.hellaswag(trainer.lightning_module.model, hellaswag.read_items(path), progress=False)
     assert lines[-1].endswith(f"acc_norm {final['acc_norm']:.4f}, acc {final['acc']:.4f} on 5 items")
+
+
+def test_cli_says_which_part_of_a_file_it_scores_and_writes_no_empty_log(tmp_path, hf_folder):
+    folder, _ = hf_folder
+    text = tmp_path / "mine.txt"
+    text.write_text(find_verdict().read_text(encoding="utf-8")[:4000], encoding="utf-8")
+    out = subprocess.run([sys.executable, "eval.py", f"pretrained={folder}", f"data.path={text}", "progress=false",
+                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"val split of {text} (its last 10%, after data.train_ratio=0.9; split=all scores all of it): loss " in out.stdout
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "eval.json"]

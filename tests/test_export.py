@@ -17,7 +17,10 @@ from gptlit.cli.build import fit as train
 from gptlit.core.generation import generate
 from gptlit.core.tokenizer import encode
 from gptlit.errors import UserError, find_user_error
+from gptlit.core.model import GPTModel
+from gptlit import hub
 from gptlit.weights import gpt2
+from gptlit.weights.hf_export import model_card
 from gptlit.weights.io import model_from_weights, read_weights
 from tests.conftest import ROOT, compose_config, compose_train, tiny_hf_gpt2
 
@@ -67,7 +70,7 @@ def test_trained_checkpoint_exports_to_transformers(tmp_path, trained):
     assert "lm_head.weight" in tensors and not tensors["transformer.h.0.attn.c_attn.bias"].any()
     assert_transformers_computes_the_same(model, out)
     card = (out / "README.md").read_text()
-    assert "After 3 optimizer steps" in card and "validation loss" in card and "model: tiny" not in card
+    assert "3 optimizer steps" in card and "validation loss" in card and "model: tiny" not in card
     assert "_target_: gptlit.core.model.GPTConfig" in card  # the run's own config
     # The same folder from the run's model.safetensors and its book-format model.pth (with model=).
     for source in (f"ckpt_path={run_dir / 'model.safetensors'}", f"ckpt_path={run_dir / 'model.pth'}"):
@@ -121,7 +124,7 @@ def test_existing_out_dir_is_kept_unless_overwrite(tmp_path, trained):
 
 def test_push_to_hub_offline_is_one_line_after_a_complete_export(tmp_path, trained, monkeypatch):
     run_dir, _ = trained
-    monkeypatch.setattr(gpt2, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
     with pytest.raises(UserError, match=r"the Hugging Face hub is not reachable \(offline\); the export in .* is complete"):
         export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "push_to_hub=me/tiny")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
@@ -131,3 +134,18 @@ def test_cli_without_a_source_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "export.py", f"out_dir={tmp_path / 'x'}"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr == "error: pass exactly one of ckpt_path=path/to/weights and pretrained=gpt2|gpt2-medium|...|/folder\n"
     assert not (tmp_path / "x").exists()
+
+
+def test_model_card_counts_the_checkpoints_steps_not_the_last_evaluations(tiny_cfg):
+    run = {"global_step": 7, "tokens_seen": 448,
+           "history": [{"step": 5, "tokens_seen": 320, "train_loss": 6.25, "val_loss": 7.5}]}
+    card = model_card(GPTModel(tiny_cfg), "last.ckpt", run, None)
+    assert "7 optimizer steps (448 tokens). At the last evaluation (step 5): train loss 6.250, validation loss 7.500." in card
+
+
+def test_cli_without_out_dir_is_one_line_before_reading_weights(tmp_path):
+    out = subprocess.run([sys.executable, "export.py", f"ckpt_path={tmp_path / 'missing.ckpt'}"], cwd=ROOT,
+                         capture_output=True, text=True)
+    # The weights (here: a missing file) are not even looked at.
+    assert out.returncode == 2 and out.stderr == ("error: export.py needs out_dir=DIR, the folder to write the "
+                                                  "transformers model into, e.g. out_dir=exported/my-gpt\n")

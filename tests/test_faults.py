@@ -39,6 +39,9 @@ from gptlit.weights.io import model_from_checkpoint, read_weights, save_book_pth
 from .conftest import ROOT, compose_config, compose_train
 from .faults import DAMAGES, WriteFaults, damage, run_script, small_disk
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 TINY = {"vocab_size": 50257, "context_length": 32, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.1,
         "qkv_bias": False}
 

@@ -151,3 +151,16 @@ def test_an_unreachable_hub_name_is_one_line_that_points_at_local_files(tmp_path
     assert lines[-1].startswith("error: data.path roneneldan/TinyStories is not a local file or folder")
     assert "point data.path at local files" in lines[-1] and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_hub_is_one_line_without_retries(tmp_path):
+    # A hub that cannot be reached (.invalid never resolves): the clients' retry lines, printed twice each over half
+    # a minute, give way to offline mode and gptlit's one line.
+    env = {**os.environ, "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path / "hf-home")}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "train.py", "model=tiny", "data=hf", "data.path=someone/corpus",
+                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: data.path someone/corpus is not a local file or folder, and the Hugging "
+                                 "Face hub could not give it") and out.stderr.count("\n") == 1, out.stderr
+    assert not (tmp_path / "run").exists()

@@ -18,11 +18,15 @@ from gptlit.planning.plan import (
     evaluation_count,
     largest_micro_batch,
     parameter_count,
+    RunShape,
+    describe,
     plan_memory,
+    plan_run,
     steps_for,
 )
+from gptlit.planning import plan as plan_module
 
-from .conftest import ROOT, find_verdict
+from .conftest import ROOT, TINY_CFG, find_verdict
 
 
 def saved_activation_bytes(cfg: GPTConfig, batch: int) -> int:
@@ -130,3 +134,23 @@ def test_plan_refuses_a_bad_override_in_one_line():
     out = subprocess.run([sys.executable, "plan.py", "model=tiny", "data.batch_sise=3"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and out.stdout == ""
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: ") and "batch_sise" in out.stderr
+
+
+def test_help_lists_settings_and_examples_and_promises_no_speed():
+    out = subprocess.run([sys.executable, "plan.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "== Settings" in out.stdout and "== Examples ==" in out.stdout and "python plan.py model=gpt1558m" in out.stdout
+    assert "Takes seconds" not in out.stdout and "tokenized once" in out.stdout
+
+
+def test_plan_says_when_the_run_does_not_fit(monkeypatch):
+    # gpt1558m's 31 GB on a 23 GB machine was printed as if it would run.
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: 10**6)
+    shape = RunShape(config=GPTConfig(**TINY_CFG), micro_batch=2, devices=1, accumulation=1,
+                     device=torch.device("cpu"), precision="32-true", autocast_dtype=None,
+                     optimizer_factory=lambda params: torch.optim.AdamW(params), steps=3, steps_per_epoch=3,
+                     budget="max_steps", baseline=0)
+    text = describe(plan_run(shape))
+    assert "DOES NOT FIT: cpu has 1.00 MB free; lower data.batch_size" in text
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: 10**12)
+    assert "fits         1.00 TB  free on cpu now" in describe(plan_run(shape))

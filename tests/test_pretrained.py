@@ -4,13 +4,16 @@ import logging
 import pytest
 import torch
 
-from gptlit.weights import gpt2 as pretrained
+from gptlit import hub
 from gptlit.errors import UserError
 from gptlit.core.generation import generate
 from gptlit.training.module import GPTLitModule
 from gptlit.weights.io import model_from_weights, read_weights
 from tests.conftest import compose_train, tiny_hf_gpt2
 from gptlit.cli.build import fit as train
+
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def test_unknown_name_is_refused():
 def test_offline_without_cache_is_one_clear_error(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(pretrained, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "reachable", lambda: False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(UserError, match=r"could not get openai-community/gpt2-xl from the Hugging Face hub \(offline\)"):
         read_weights("gpt2-xl")

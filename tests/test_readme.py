@@ -21,6 +21,9 @@ import torch
 
 from .conftest import ROOT, find_verdict, terminal_lines
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 # Text in a command that keeps it from running here, and why.
 SKIP = {
     "python train.py experiment=book_ch5": "GPT-2 124M for 10 epochs: minutes (tests/test_book_ch5.py checks it small)",

@@ -14,6 +14,9 @@ from gptlit.training.schedule import WarmupCosine
 
 from .conftest import compose_config
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def stories(text: str, size: int = 800) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]

@@ -163,7 +163,7 @@ class FakeTrainer:
     current_epoch = 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_a_training_step_never_makes_the_host_wait_for_the_gpu(tiny_cfg, monkeypatch, policy):
     # While torch's sync debug mode is "error", anything that makes the host wait for the GPU (bool(), .item(),

@@ -4,6 +4,7 @@ for bit."""
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,8 +12,13 @@ import sys
 import pytest
 import torch
 
+from gptlit.training.callbacks.interrupt import python_command, resume_command
+
 from .conftest import ROOT
 from .faults import run_script
+
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
 
 ARGS = ["model=tiny", "data.context_length=32", "trainer.max_epochs=2", "trainer.val_check_interval=20",
         "trainer.accelerator=cpu", "callbacks.loss_plot=null"]
@@ -28,6 +34,25 @@ def final_state(run_dir):
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 144  # 72 batches an epoch, 2 epochs
     return ckpt
+
+
+def logged_steps(run_dir, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+def test_resume_hint_names_the_python_that_runs_when_it_is_not_the_one_on_path(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    venv_python = tmp_path / ".venv" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(venv_python))
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/python")
+    assert resume_command("train.py", ["model=tiny"], tmp_path / "last.ckpt", tmp_path).startswith(
+        ".venv/bin/python train.py model=tiny ckpt_path=")
+    monkeypatch.setattr(shutil, "which", lambda name: str(venv_python))  # an activated environment
+    assert python_command() == "python"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +88,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
     assert torch.load(match.group(2), weights_only=True)["global_step"] == step
 
     command = shlex.split(match.group(3))
-    assert command[:2] == ["python", "train.py"]
+    # The interpreter that ran the test (.venv/bin/python where it is not the `python` on PATH), then the script.
+    assert command[0] == python_command() and command[1] == "train.py"
+    # The step the signal stopped at is logged like every other: no gap in TensorBoard before the resume.
+    assert max(logged_steps(run_dir, "train/batch_loss")) == step - 1
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     # Its own checkpoint directory is where a resumed run belongs: no warning that it is not empty.

@@ -1,3 +1,4 @@
+import pytest
 """Start-up does its heavy work once: a corpus is hashed once, a resume checkpoint is read whole once."""
 
 import torch
@@ -6,6 +7,9 @@ from gptlit.cli.build import fit
 from gptlit.data import token_cache
 
 from .conftest import compose_config, compose_train
+
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
 
 
 def test_a_textfiles_corpus_is_hashed_once(tmp_path, verdict_text, monkeypatch):

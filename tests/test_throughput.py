@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from gptlit.training.callbacks import throughput as callbacks
+from gptlit.planning import flops
+from gptlit.planning.flops import step_matmul_shapes
 from gptlit.training.callbacks.throughput import Throughput
 from gptlit.data.text import TextDataModule
 from gptlit.core.model import GPTConfig, GPTModel
@@ -57,3 +59,17 @@ def test_throughput_logs_tokens_per_second_and_mfu(monkeypatch, verdict_path, ti
         tokens_per_sec * training_flops_per_token(cfg, 32) / 1e9, rel=1e-5
     )
     assert "train/tokens_per_sec" in trainer.progress_bar_metrics
+
+
+def test_mfu_is_measured_against_the_steps_own_matmuls_as_plan_py_does(monkeypatch, verdict_path, tiny_cfg):
+    # One definition of MFU: the bar's denominator is the rate of this step's matmul shapes (plan.py's), not of
+    # a 2048^3 product, which a small model's step never reaches (0.026 against 0.36 for the same tiny run).
+    timed = []
+    monkeypatch.setattr(flops, "measure_matmul_flops", lambda device, dtype, repeats=5, shapes=None: timed.append(shapes) or 1e9)
+    cfg = GPTConfig.from_any({**tiny_cfg, "context_length": 32})
+    data = TextDataModule(str(verdict_path), context_length=32, batch_size=2)
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, callbacks=[Throughput(window=3)], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", devices=1)
+    trainer.fit(GPTLitModule(cfg), datamodule=data)
+    assert timed == [step_matmul_shapes(cfg, 2 * 32)]

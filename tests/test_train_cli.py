@@ -13,6 +13,9 @@ from gptlit.weights.io import model_from_checkpoint
 
 from .conftest import ROOT, terminal_lines
 
+# End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def run(script, *args):
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)

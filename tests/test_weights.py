@@ -1,4 +1,6 @@
 import logging
+import os
+import stat
 
 import pytest
 import torch
@@ -196,3 +198,12 @@ def test_resume_from_checkpoint_continues_the_run(tmp_path, train_cfg):
     # Equal weights only if the optimizer state and the loop position came back with the checkpoint.
     assert_same_weights(resumed.lightning_module.model, straight.lightning_module.model)
     assert resumed.lightning_module.history == straight.lightning_module.history
+
+
+def test_exported_weights_get_the_umasks_permissions_like_every_other_output(tmp_path, tiny_cfg):
+    # safetensors' save_file makes its file owner-only; every other output is readable as the umask allows.
+    model = GPTModel(tiny_cfg)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (save_safetensors(model, tmp_path / "model.safetensors"), save_book_pth(model, tmp_path / "model.pth")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name

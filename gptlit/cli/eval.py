@@ -42,7 +42,7 @@ class Perplexity:
         datamodule.setup("validate")
         tokens = token_split(datamodule, cfg.split)
         result = perplexity(model, tokens, window, cfg.data.stride, cfg.data.batch_size, cfg.precision, cfg.progress)
-        print(f"{cfg.split} split of {cfg.data.path}: loss {result.loss:.4f}, perplexity {result.perplexity:.3f}, "
+        print(f"{cfg.split} split of {cfg.data.path}{split_note(cfg)}: loss {result.loss:.4f}, perplexity {result.perplexity:.3f}, "
               f"{result.tokens} tokens scored in {result.windows} windows of {window} (stride {cfg.data.stride or window})")
         return {
             "loss": result.loss,
@@ -52,6 +52,14 @@ class Perplexity:
             "settings": {"window": window, "stride": cfg.data.stride or window, "windows": result.windows,
                          "batch_size": cfg.data.batch_size},
         }
+
+
+def split_note(cfg: DictConfig) -> str:
+    """Which part of a text file the val split is, so a user scoring a file of their own is not surprised."""
+    ratio = cfg.data.get("train_ratio")
+    if cfg.split != "val" or ratio is None:
+        return ""
+    return f" (its last {1 - ratio:.0%}, after data.train_ratio={ratio}; split=all scores all of it)"
 
 
 @dataclass

@@ -6,14 +6,18 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gptlit.cli.command_line import CONFIG_DIR, check_command_line
 from gptlit.cli.user_errors import exit_on_user_error
 from gptlit.cli.source import load_model
+from gptlit.errors import UserError
 from gptlit.weights.hf_export import export_gpt2, find_run_config, model_card, push_to_hub
 
 def run(cfg: DictConfig) -> Path:
+    if OmegaConf.is_missing(cfg, "out_dir"):  # said before the weights are read, which can take minutes
+        raise UserError("export.py needs out_dir=DIR, the folder to write the transformers model into, e.g. "
+                        "out_dir=exported/my-gpt")
     model, weights = load_model(cfg)
     card = model_card(model, weights.source, weights.run, find_run_config(weights.source))
     out_dir = export_gpt2(model, cfg.out_dir, card, overwrite=cfg.overwrite)

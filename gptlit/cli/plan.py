@@ -1,9 +1,4 @@
-"""What a training run will cost, before it runs: `python plan.py [the same overrides as train.py]`.
-
-Prints the parameters, FLOPs per token, memory (weights, gradients, AdamW state, activations, predicted peak), the
-device's measured matmul rate, a short probe of the real step, and the predicted tokens/s, time per epoch and
-for the whole run; on a GPU also the largest micro-batch that fits. Takes seconds and trains nothing.
-"""
+"""plan.py: what a training run will cost, before it runs; the script at the root calls cli()."""
 
 from __future__ import annotations
 
@@ -83,9 +78,39 @@ def plan(cfg: DictConfig) -> str:
     return describe(run)
 
 
+HELP = """\
+python plan.py [group=option ...] [key=value ...]        (the overrides of train.py)
+
+What a training run will cost before it runs, trained nothing: parameters, FLOPs per token, memory per device
+(weights, gradients, AdamW state, activations, the predicted peak, and whether it fits what the device has
+free), the device's measured matmul rate, a short probe of the real step, then the predicted tokens/s, MFU,
+time per epoch and for the whole run; on a GPU also the largest micro-batch that fits.
+
+How long it takes: the probe times a few real steps (seconds for small models, a minute or more for the
+largest on a CPU). The corpus is read as train.py reads it, to count an epoch's steps: a data=textfiles or
+data=hf corpus is tokenized once into the token cache, which takes minutes for hundreds of MB the first time
+and nothing afterwards (train.py reuses it).
+
+== Settings that change the plan most (every key of python train.py --help works) ==
+  model=gpt124m|gpt355m|gpt774m|gpt1558m|tiny        the model
+  data.batch_size=N  data.context_length=N           the micro-batch
+  trainer.tokens_per_step=N                          the global batch, by accumulation
+  trainer.max_tokens=N | trainer.max_steps=N | trainer.max_epochs=N   the run's length
+  trainer.precision=32-true|bf16-mixed               default auto: measured on this device
+  trainer.devices=N  trainer.num_nodes=N             data-parallel ranks
+  experiment=NAME                                    a recipe (conf/experiment/)
+
+== Examples ==
+  python plan.py                                     the default run: GPT-2 124M on The Verdict
+  python plan.py experiment=book_appendix_d
+  python plan.py model=gpt1558m data.context_length=1024
+  python plan.py model=tiny data=textfiles data.path=corpus/ trainer.max_tokens=1e7
+"""
+
+
 def main(argv: list[str]) -> None:
     if argv[:1] in (["--help"], ["-h"]):
-        print(__doc__.strip())
+        print(HELP, end="")
         return
     check_group_choices(CONFIG_DIR, argv)
     with exit_on_user_error():

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from omegaconf.errors import MissingMandatoryValue
+
 from gptlit.errors import UserError, find_user_error
 from gptlit.files import out_of_space
 from gptlit.console import log as console_log
@@ -32,12 +34,19 @@ def exit_on_user_error(run_dir: str | Path | None = None) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        user_error = find_user_error(err) or _disk_full(err)
+        user_error = find_user_error(err) or _disk_full(err) or _missing_value(err)
         if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if run_dir is not None:
             remove_if_only_hydra(Path(run_dir))
         fail(one_line(str(user_error)))
+
+
+def _missing_value(err: BaseException) -> UserError | None:
+    """A setting the config marks ??? (required, no default) that the command line did not give."""
+    if isinstance(err, MissingMandatoryValue):
+        return UserError(f"{err.full_key} has no value; it is required: add {err.full_key}=... to the command line")
+    return None
 
 
 def _disk_full(err: BaseException) -> UserError | None:

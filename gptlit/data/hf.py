@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from gptlit.data.text import TextDataModule
 from gptlit.core.tokenizer import get_tokenizer
 from gptlit.data.token_cache import TokenFile, cache_key, encode_documents, file_digest, verified, write_token_file
+from gptlit import hub
 from gptlit.errors import UserError
 
 # The file formats datasets reads, by suffix, and the builder that reads them.
@@ -128,7 +129,7 @@ class hub_errors:
         self.path = path
 
     def __enter__(self) -> None:
-        return None
+        hub.go_offline_unless_reachable()
 
     def __exit__(self, kind, err, tb) -> None:
         if err is None or isinstance(err, UserError) or not isinstance(err, Exception):

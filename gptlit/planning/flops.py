@@ -66,3 +66,9 @@ def measure_matmul_flops(
         flops += 2.0 * m * k * n * count
         seconds += best * count
     return flops / seconds
+
+
+def step_peak_flops(cfg: GPTConfig, tokens: int, device: torch.device | str, dtype: torch.dtype) -> float:
+    """The denominator of MFU, one definition for the progress bar and plan.py: the rate the device runs this
+    step's own matmuls at (those of a forward pass over ``tokens`` tokens: one micro-batch) in ``dtype``."""
+    return measure_matmul_flops(device, dtype, repeats=3, shapes=step_matmul_shapes(cfg, tokens))

@@ -40,12 +40,7 @@ import torch.nn.functional as F
 from gptlit.core.device import synchronize
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.files import human_bytes
-from gptlit.planning.flops import (
-    matmul_parameters,
-    measure_matmul_flops,
-    step_matmul_shapes,
-    training_flops_per_token,
-)
+from gptlit.planning.flops import matmul_parameters, step_peak_flops, training_flops_per_token
 
 FP32_BYTES = 4
 ADAMW_STATE_BYTES = 8
@@ -217,6 +212,7 @@ class RunPlan:
     largest_micro_batch: int | None = None  # GPUs only
     evaluations: int | None = None  # how many evaluations the run makes, when known
     eval_batches: int = 0  # micro-batches of both splits per evaluation, each rank's share
+    available: int = 0  # bytes the device had free when planned (0: unknown)
 
     @property
     def tokens_per_step(self) -> int:
@@ -270,7 +266,8 @@ def plan_run(run: RunShape) -> RunPlan:
     if device.type == "cuda":
         largest = largest_micro_batch(cfg, seq_len, "cuda", torch.cuda.get_device_properties(device).total_memory)
     memory = plan_memory(cfg, micro_batch, seq_len, device.type, run.baseline if device.type == "cpu" else 0)
-    fits = memory.peak - memory.baseline < 0.8 * available_memory(device)
+    available = available_memory(device)
+    fits = memory.peak - memory.baseline < 0.8 * available
     return RunPlan(
         config=cfg,
         parameters=parameter_count(cfg),
@@ -282,7 +279,7 @@ def plan_run(run: RunShape) -> RunPlan:
         precision=run.precision,
         memory=memory,
         flops_per_token=training_flops_per_token(cfg, seq_len),
-        matmul_flops=measure_matmul_flops(device, matmul_dtype, repeats=3, shapes=step_matmul_shapes(cfg, micro_batch * seq_len)),
+        matmul_flops=step_peak_flops(cfg, micro_batch * seq_len, device, matmul_dtype),
         probe=probe_step(cfg, micro_batch, seq_len, device, autocast_dtype, run.optimizer_factory, fits),
         steps=run.steps,
         steps_per_epoch=run.steps_per_epoch,
@@ -290,6 +287,7 @@ def plan_run(run: RunShape) -> RunPlan:
         largest_micro_batch=largest,
         evaluations=run.evaluations,
         eval_batches=run.eval_batches,
+        available=available,
     )
 
 
@@ -321,6 +319,12 @@ def describe(plan: RunPlan) -> str:
     if mem.baseline:
         lines.append(f"  process      {human_bytes(mem.baseline):>10}  (Python, torch, Lightning, tokenizer: measured)")
     lines.append(f"  peak         {human_bytes(mem.peak):>10}  predicted")
+    if plan.available and mem.peak - mem.baseline > plan.available:
+        lines.append(f"  DOES NOT FIT: {plan.device} has {human_bytes(plan.available)} free; lower data.batch_size or "
+                     "data.context_length (trainer.tokens_per_step keeps the batch by accumulating), choose a smaller "
+                     "model=, or train on more devices")
+    elif plan.available:
+        lines.append(f"  fits         {human_bytes(plan.available):>10}  free on {plan.device} now")
     if plan.largest_micro_batch is not None:
         lines.append(f"  largest micro-batch that fits this GPU: {plan.largest_micro_batch}")
     lines += [

@@ -11,14 +11,13 @@ embedding.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from gptlit import hub
 from gptlit.errors import UserError
 from gptlit.core.model import GPTConfig
 
@@ -29,17 +28,6 @@ GPT2_REPOS = {
     "gpt2-xl": "openai-community/gpt2-xl",  # 1558M
 }
 FILES = ("config.json", "model.safetensors")
-
-
-def _hub_reachable() -> bool:
-    # Without this, an offline download retries for about 25 s before failing; a failed name lookup is final.
-    from huggingface_hub import constants
-
-    try:
-        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
-        return True
-    except OSError:
-        return False
 
 
 def locate(source: str | Path) -> Path:
@@ -61,7 +49,7 @@ def locate(source: str | Path) -> Path:
     from huggingface_hub import hf_hub_download
 
     repo = GPT2_REPOS[name]
-    online = _hub_reachable()
+    online = hub.reachable()
     try:
         paths = [Path(hf_hub_download(repo, f, local_files_only=not online)) for f in FILES]
     except Exception as err:  # the hub client raises many kinds (HTTP, connection, cache misses)

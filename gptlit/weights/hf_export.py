@@ -23,6 +23,7 @@ from gptlit.core.model import GPTModel
 from gptlit.core.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, bpe_files_dir
 from gptlit.errors import UserError
 from gptlit.files import usual_permissions
+from gptlit import hub
 from gptlit.weights import gpt2
 
 CARD = "README.md"
@@ -100,9 +101,11 @@ def model_card(model: GPTModel, source: str, run: dict[str, Any], run_config: st
     history = run.get("history") or []
     if history:
         last = history[-1]
+        # The checkpoint's own step and tokens: a run can go on for steps after its last evaluation.
+        steps, tokens = run.get("global_step", last["step"]), run.get("tokens_seen", last["tokens_seen"])
         lines += ["## Training", "",
-                  f"After {last['step']} optimizer steps ({int(last['tokens_seen']):,} tokens): train loss "
-                  f"{last['train_loss']:.3f}, validation loss {last['val_loss']:.3f}.", ""]
+                  f"{steps} optimizer steps ({int(tokens):,} tokens). At the last evaluation (step {last['step']}): "
+                  f"train loss {last['train_loss']:.3f}, validation loss {last['val_loss']:.3f}.", ""]
     else:
         lines += ["## Training", "", f"`{source}` records no losses (export a training checkpoint to have them here).", ""]
     lines += ["## gptlit model config", "", "```json", json.dumps(cfg.to_dict(), indent=2), "```", ""]
@@ -146,7 +149,7 @@ def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = True) -> str:
     """Upload an exported folder to the Hugging Face hub as model repository ``repo_id``; returns its URL."""
-    if not gpt2._hub_reachable():
+    if not hub.reachable():
         raise UserError(f"cannot push to {repo_id}: the Hugging Face hub is not reachable (offline); the export in "
                         f"{folder} is complete, push it later with `hf upload {repo_id} {folder}`")
     from huggingface_hub import HfApi

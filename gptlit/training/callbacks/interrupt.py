@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -57,6 +59,12 @@ class GracefulInterrupt(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if self.requested is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
+        # The step is trained: hand its metrics to the loggers as Lightning would right after this hook, which
+        # the stop skips, so TensorBoard's curves have no gap where the run resumes. (Private to Lightning.)
+        trainer._logger_connector.on_batch_end()
+        trainer._logger_connector.update_train_step_metrics()
+        for logger in trainer.loggers:
+            logger.save()
         # Several GB for large models: say so before the wait, and that a second Ctrl-C keeps the old file.
         size = tensor_bytes([pl_module.state_dict(), *(o.state_dict() for o in trainer.optimizers)])
         print(f"writing {self.ckpt_path} (about {human_bytes(size)}); Ctrl-C again stops at once and keeps the "
@@ -70,8 +78,19 @@ class GracefulInterrupt(L.Callback):
         self._previous.clear()
 
 
+def python_command() -> str:
+    """How to call the Python running this: ``python`` where that is it, else its path (``.venv/bin/python`` for a
+    user who came in through ``make`` without activating the environment)."""
+    on_path = shutil.which("python")
+    if on_path and os.path.abspath(on_path) == os.path.abspath(sys.executable):
+        return "python"
+    executable = os.path.abspath(sys.executable)  # not resolved: a virtual environment's python is a link
+    relative = os.path.relpath(executable)
+    return executable if relative.startswith("..") else relative
+
+
 def resume_command(script: str, overrides: list[str], ckpt_path: Path, run_dir: Path) -> str:
     """The command line that continues this run: the same overrides, from the checkpoint, in the same directory."""
     kept = [o for o in overrides if not o.lstrip("+").startswith(("ckpt_path=", "hydra.run.dir="))]
-    args = ["python", script, *kept, f"ckpt_path={ckpt_path.resolve()}", f"hydra.run.dir={run_dir.resolve()}"]
+    args = [python_command(), script, *kept, f"ckpt_path={ckpt_path.resolve()}", f"hydra.run.dir={run_dir.resolve()}"]
     return " ".join(shlex.quote(a) for a in args)

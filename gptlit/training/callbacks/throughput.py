@@ -8,7 +8,7 @@ from time import perf_counter
 import lightning as L
 
 from gptlit.core.device import precision_dtype
-from gptlit.planning.flops import measure_matmul_flops, training_flops_per_token
+from gptlit.planning.flops import step_peak_flops, training_flops_per_token
 from gptlit.training.module import GPTLitModule
 
 
@@ -17,8 +17,9 @@ class Throughput(L.Callback):
 
     A step is timed from the end of one training batch to the end of the next, so it includes data loading and
     every hook; intervals holding an evaluation or an epoch's end are left out. MFU divides the model FLOPs of
-    those tokens (gptlit.training.throughput) by ``peak_flops``, by default the matmul rate measured on the training
-    device in the precision's dtype when fit starts. Only host clocks are read: no device sync is added.
+    those tokens (gptlit.planning.flops) by ``peak_flops``, by default the rate the training device runs the step's
+    own matmuls at in the precision's dtype, measured when fit starts: plan.py's definition
+    (gptlit.planning.flops.step_peak_flops). Only host clocks are read: no device sync is added.
     """
 
     def __init__(self, window: int = 20, peak_flops: float | None = None):
@@ -30,7 +31,9 @@ class Throughput(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
         if self.peak_flops is None:
             dtype = precision_dtype(trainer.precision)
-            self.peak_flops = measure_matmul_flops(pl_module.device, dtype)
+            micro_batch = getattr(trainer.datamodule, "batch_size", 1)
+            tokens = micro_batch * getattr(trainer.datamodule, "context_length", pl_module.config.context_length)
+            self.peak_flops = step_peak_flops(pl_module.config, tokens, pl_module.device, dtype)
 
     def on_train_batch_end(self, trainer, pl_module: GPTLitModule, outputs, batch, batch_idx: int) -> None:
         now = perf_counter()
