@@ -99,6 +99,22 @@ def compose_train(run_dir: Path, *overrides: str):
     return compose_config(*base, *overrides)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One short train.py run of the tiny model (3 steps, one evaluation) for every test that needs a run's files:
+    (run directory, trained model). Its checkpoints, exports and .hydra/config.yaml are read, never changed: a test
+    that damages or rewrites a file copies it first."""
+    from gptlit.cli.build import fit
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    cfg = compose_train(run_dir, "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1")
+    trainer = fit(cfg)
+    (run_dir / ".hydra").mkdir()  # what train.py's Hydra writes beside the checkpoints
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return run_dir, trainer.lightning_module.model
+
+
 @pytest.fixture
 def train_cfg(tmp_path):
     return lambda *overrides, run_dir=None: compose_train(run_dir or tmp_path, *overrides)

@@ -8,12 +8,10 @@ import sys
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptlit.cli import export as export_py
-from gptlit.cli.build import fit as train
 from gptlit.core.generation import generate
 from gptlit.core.tokenizer import encode
 from gptlit.errors import UserError, find_user_error
@@ -22,7 +20,7 @@ from gptlit import hub
 from gptlit.weights import gpt2
 from gptlit.weights.hf_export import model_card
 from gptlit.weights.io import model_from_weights, read_weights
-from tests.conftest import ROOT, compose_config, compose_train, tiny_hf_gpt2
+from tests.conftest import ROOT, compose_config, tiny_hf_gpt2
 
 PROMPT = "Every effort moves you"
 
@@ -49,15 +47,10 @@ def assert_transformers_computes_the_same(model, folder, new_tokens=20):
     assert torch.equal(got, expected)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture
+def trained(tiny_run):
     """A short train.py run of the tiny model (an untied head, no query/key/value biases, as the book's)."""
-    run_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_train(run_dir, "trainer.max_steps=3", "trainer.val_check_interval=3")
-    trainer = train(cfg)
-    (run_dir / ".hydra").mkdir()  # what train.py's Hydra writes beside the checkpoints
-    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    return run_dir, trainer.lightning_module.model
+    return tiny_run
 
 
 def test_trained_checkpoint_exports_to_transformers(tmp_path, trained):

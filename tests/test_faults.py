@@ -219,12 +219,10 @@ def test_bad_cadence_is_a_user_error(tmp_path, kwargs, message):
 # --- files damaged on disk, through every read path a user points at them ------------------------------------
 
 @pytest.fixture(scope="module")
-def run_files(tmp_path_factory):
+def run_files(tiny_run, tmp_path_factory):
     """What a training run writes that a user can point at later, and a transformers GPT-2 folder."""
-    run_dir = tmp_path_factory.mktemp("run")
-    fit(compose_train(run_dir, "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "trainer.val_check_interval=1",
-                      "trainer.limit_val_batches=1"))
-    hf = run_dir / "gpt2"
+    run_dir, _ = tiny_run
+    hf = tmp_path_factory.mktemp("hf") / "gpt2"
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=50257)).save_pretrained(hf)
     return {"last.ckpt": run_dir / "checkpoints" / "last.ckpt", "best.ckpt": run_dir / "checkpoints" / "best.ckpt",

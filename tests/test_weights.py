@@ -18,7 +18,6 @@ from gptlit.weights.io import (
     save_book_pth,
     save_safetensors,
 )
-from tests.conftest import compose_train
 from gptlit.cli.build import fit as train
 
 
@@ -35,13 +34,10 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture
+def trained(tiny_run):
     """A short tiny run: its run directory holds the checkpoints and the exported weights."""
-    run_dir = tmp_path_factory.mktemp("run")
-    cfg = compose_train(run_dir, "trainer.max_steps=3")
-    trainer = train(cfg)
-    return run_dir, trainer.lightning_module.model
+    return tiny_run
 
 
 def test_training_exports_model_safetensors_and_pth(trained):

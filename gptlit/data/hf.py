@@ -174,16 +174,11 @@ class HFDataModule(TextDataModule):
                 f"data.val_size must be a fraction of the tokens (strictly between 0 and 1) or a number of tokens, "
                 f"got {val_size!r}"
             )
-        self.source = str(path)
-        self.name = name
-        self.text_column = text_column
-        self.split = split
-        self.val_split = val_split
-        self.val_size = val_size
-        self.streaming = streaming
-        self.cache_dir = Path(cache_dir)
-        self.tokenize_workers = tokenize_workers
-        self.progress = progress
+        # What load_dataset is asked for, and how the splits are found or cut.
+        self.source, self.name, self.text_column, self.streaming = str(path), name, text_column, streaming
+        self.split, self.val_split, self.val_size = split, val_split, val_size
+        # How the token cache is made.
+        self.cache_dir, self.tokenize_workers, self.progress = Path(cache_dir), tokenize_workers, progress
         self.token_paths: dict[str, Path] | None = None
 
     def prepare_data(self) -> None:

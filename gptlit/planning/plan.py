@@ -110,22 +110,16 @@ def process_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_steps(
-    cfg: GPTConfig,
-    micro_batch: int,
-    seq_len: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    optimizer_factory: Callable,
-    steps: int = 3,
-) -> float:
-    """Median seconds of a real training step (forward, backward, optimizer) of a model of ``cfg``."""
+def time_steps(run: RunShape, cfg: GPTConfig, steps: int = 3) -> float:
+    """Median seconds of a real training step (forward, backward, optimizer) of a model of ``cfg`` (the run's
+    model, or fewer of its blocks) on the run's micro-batch, device and precision."""
+    device = run.device
     generator = torch.Generator().manual_seed(0)  # the global generator is the run's, not the probe's
     model = GPTModel(cfg).to(device).train()
-    optimizer = optimizer_factory(model.parameters())
-    tokens = torch.randint(0, cfg.vocab_size, (micro_batch, seq_len + 1), generator=generator).to(device)
+    optimizer = run.optimizer_factory(model.parameters())
+    tokens = torch.randint(0, cfg.vocab_size, (run.micro_batch, cfg.context_length + 1), generator=generator).to(device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    autocast = torch.autocast(device.type, dtype=run.autocast_dtype) if run.autocast_dtype else nullcontext()
     times = []
     for i in range(steps + 1):  # the first step pays for allocation and kernel selection
         start = time.perf_counter()
@@ -172,22 +166,10 @@ def available_memory(device: torch.device) -> int:
     return 0
 
 
-def probe_step(
-    cfg: GPTConfig,
-    micro_batch: int,
-    seq_len: int,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None,
-    optimizer_factory: Callable,
-    fits: bool,
-) -> StepProbe:
+def probe_step(run: RunShape, fits: bool) -> StepProbe:
     if fits:
-        whole = time_steps(cfg, micro_batch, seq_len, device, autocast_dtype, optimizer_factory)
-        return StepProbe(rest=0.0, per_block=0.0, whole=whole)
-    one, two = (
-        time_steps(replace(cfg, n_layers=n), micro_batch, seq_len, device, autocast_dtype, optimizer_factory, steps=5)
-        for n in (1, 2)
-    )
+        return StepProbe(rest=0.0, per_block=0.0, whole=time_steps(run, run.config))
+    one, two = (time_steps(run, replace(run.config, n_layers=n), steps=5) for n in (1, 2))
     per_block = max(two - one, 0.0)
     return StepProbe(rest=max(one - per_block, 0.0), per_block=per_block)
 
@@ -280,7 +262,7 @@ def plan_run(run: RunShape) -> RunPlan:
         memory=memory,
         flops_per_token=training_flops_per_token(cfg, seq_len),
         matmul_flops=step_peak_flops(cfg, micro_batch * seq_len, device, matmul_dtype),
-        probe=probe_step(cfg, micro_batch, seq_len, device, autocast_dtype, run.optimizer_factory, fits),
+        probe=probe_step(run, fits),
         steps=run.steps,
         steps_per_epoch=run.steps_per_epoch,
         budget=run.budget,
