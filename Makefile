@@ -2,7 +2,7 @@
 # Each creates .venv when it is missing and installs into it what it needs; later calls reuse it.
 #   make train ARGS="model=tiny trainer.max_epochs=2"     arguments for train.py
 #   make train model=tiny trainer.max_epochs=2             the same: unknown variables go to train.py
-#   make test ARGS="-x tests/test_model.py"               arguments for pytest
+#   make test ARGS="-x tests/core/test_model.py"               arguments for pytest
 #   make test-quick                                       the quick tier (pytest -m "not slow")
 #   make train TORCH_INDEX=https://download.pytorch.org/whl/cpu    the CPU-only torch build (see README)
 

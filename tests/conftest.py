@@ -78,6 +78,11 @@ def compose_config(*overrides: str, config: str = "train"):
         return compose(config, overrides=list(overrides))
 
 
+def compose_run(*overrides: str, run_dir="unused"):
+    """conf/train.yaml exactly as train.py composes it (its defaults: the book's run), with the overrides."""
+    return compose_config(f"run_dir={run_dir}", *overrides)
+
+
 def compose_train(run_dir: Path, *overrides: str):
     """conf/train.yaml composed for a small, quick CPU run writing to run_dir; overrides come last."""
     base = [

@@ -3,7 +3,7 @@
 Memory is predicted from the config alone, so a plan can be made for a model that would not fit. Parameters
 (with the embeddings) need 4 bytes each for the fp32 weights, 4 for their gradients and 8 for AdamW's two
 moments. Activations are what autograd keeps for the backward pass, counted on this model with saved-tensor
-hooks (tests/test_plan.py holds the formula to that count) per token of a micro-batch:
+hooks (tests/planning/test_plan.py holds the formula to that count) per token of a micro-batch:
 
 - per transformer block 16 * emb_dim floats; 0.75 * emb_dim more when dropout is on (its one-byte masks and
   outputs; 2.25 * emb_dim with the book's kernels on a CPU, whose torch dropout keeps a float mask);

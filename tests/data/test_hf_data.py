@@ -18,7 +18,7 @@ from gptlit.data.hf import HFDataModule
 from gptlit.data.token_cache import TokenFile
 from gptlit.errors import UserError
 
-from .conftest import ROOT, compose_config
+from ..conftest import ROOT, compose_config
 
 CONTEXT = 16
 

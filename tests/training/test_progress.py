@@ -10,7 +10,7 @@ from omegaconf import open_dict
 from gptlit.cli.build import fit
 from gptlit.training.callbacks.progress_bar import ProgressBar
 
-from .conftest import compose_train
+from ..conftest import compose_train
 
 # 22 training windows of 32 tokens: 11 batches of 2, 11 optimizer steps an epoch.
 TEXT_CHARS = 3200

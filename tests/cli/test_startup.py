@@ -6,7 +6,7 @@ import torch
 from gptlit.cli.build import fit
 from gptlit.data import token_cache
 
-from .conftest import compose_config, compose_train
+from ..conftest import compose_config, compose_train
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from llms_from_scratch.ch04 import GPTModel as BookGPTModel
 from gptlit.cli.build import fit
 from gptlit.core.tokenizer import get_tokenizer
 
-from .book_reference import assert_same_weights, book_loaders
-from .test_configs import compose_train
+from ..book_reference import assert_same_weights, book_loaders
+from ..conftest import compose_run
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def test_book_appendix_d_prints_the_books_lines(tmp_path, verdict_path, verdict_
     expected = printed_lines(capsys.readouterr().out)
     # The book clipped every step from warmup_steps on, and each of those clips changed the gradients.
     assert len(norms) == len(rates) - warmup_steps and min(norms) > 1.0
-    cfg = compose_train(
+    cfg = compose_run(
         "experiment=book_appendix_d", f"data.path={verdict_path}", f"data.context_length={CONTEXT}",
         f"trainer.max_epochs={EPOCHS}", *[f"model.{k}={v}" for k, v in SIZE.items()], run_dir=tmp_path,
     )

@@ -14,8 +14,8 @@ import torch
 
 from gptlit.training.callbacks.interrupt import python_command, resume_command
 
-from .conftest import ROOT
-from .faults import run_script
+from ..conftest import ROOT
+from ..faults import run_script
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow
@@ -112,7 +112,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, verdict_path, uni
 
 def test_run_killed_after_an_epoch_resumes_from_its_end(tmp_path, verdict_path, uninterrupted):
     """kill -9 mid-epoch 2 (no handler runs, nothing is cleaned up): last.ckpt holds the end of epoch 1, and the
-    run resumed from it ends as the uninterrupted one did. (The step cadence: tests/test_faults.py.)"""
+    run resumed from it ends as the uninterrupted one did. (The step cadence: tests/reliability/test_faults.py.)"""
     expected, expected_lines = uninterrupted
     run_dir = tmp_path / "run"
     args = [*ARGS, f"data.path={verdict_path}", f"hydra.run.dir={run_dir}"]

@@ -1,6 +1,6 @@
 """Faults lose nothing: every file gptlit writes meets a full disk and a kill mid-write, every file a user points
 gptlit at is damaged on disk, and resumes meet changed settings. (The fault harness: tests/faults.py; kill -9
-mid-run and resume bit for bit: tests/test_resume.py.)"""
+mid-run and resume bit for bit: tests/training/test_resume.py.)"""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ from gptlit.training.callbacks.last_checkpoint import LastCheckpoint
 from gptlit.training.callbacks.loss_plot import plot_losses
 from gptlit.weights.io import model_from_checkpoint, read_weights, save_book_pth, save_safetensors, tensor_bytes
 
-from .conftest import ROOT, compose_config, compose_train
-from .faults import DAMAGES, WriteFaults, damage, run_script, small_disk
+from ..conftest import ROOT, compose_config, compose_train
+from ..faults import DAMAGES, WriteFaults, damage, run_script, small_disk
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow

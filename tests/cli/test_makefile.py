@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 

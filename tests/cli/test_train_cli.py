@@ -11,7 +11,7 @@ from gptlit.core.generation import generate
 from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
 from gptlit.weights.io import model_from_checkpoint
 
-from .conftest import ROOT, terminal_lines
+from ..conftest import ROOT, terminal_lines
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow

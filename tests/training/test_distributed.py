@@ -14,7 +14,7 @@ import torch
 from gptlit.data.shard_sampler import BatchShardSampler
 from gptlit.weights.io import read_checkpoint, read_weights
 
-from .conftest import ROOT, compose_config
+from ..conftest import ROOT, compose_config
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow

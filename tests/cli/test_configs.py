@@ -8,18 +8,14 @@ from gptlit.core.generation import DecodingConfig
 from gptlit.core.model import GPTConfig
 from gptlit.cli.build import fit as train
 
-from .conftest import ROOT, compose_config
+from ..conftest import ROOT, compose_config, compose_run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 BOOK_SIZES = {"gpt124m": (768, 12, 12), "gpt355m": (1024, 16, 24), "gpt774m": (1280, 20, 36), "gpt1558m": (1600, 25, 48)}
 
 
-def compose_train(*overrides, run_dir="unused"):
-    return compose_config(f"run_dir={run_dir}", *overrides)
-
-
 def test_defaults_are_the_books_chapter_5_run():
-    cfg = compose_train()
+    cfg = compose_run()
     model = instantiate(cfg.model)
     assert model == GPTConfig(vocab_size=50257, context_length=256, emb_dim=768, n_heads=12, n_layers=12,
                               drop_rate=0.1, qkv_bias=False)
@@ -38,28 +34,28 @@ def test_defaults_are_the_books_chapter_5_run():
 
 @pytest.mark.parametrize("name", sorted(BOOK_SIZES))
 def test_model_sizes(name):
-    model = instantiate(compose_train(f"model={name}").model)
+    model = instantiate(compose_run(f"model={name}").model)
     assert (model.emb_dim, model.n_heads, model.n_layers) == BOOK_SIZES[name]
 
 
 def test_data_context_length_resizes_the_model_too():
-    cfg = compose_train("model=gpt355m", "data.context_length=128")
+    cfg = compose_run("model=gpt355m", "data.context_length=128")
     assert instantiate(cfg.model).context_length == 128 and instantiate(cfg.data).context_length == 128
 
 
 def test_sample_decoding_has_the_books_values():
-    assert instantiate(compose_train("decoding=sample").decoding) == DecodingConfig(temperature=1.4, top_k=25)
+    assert instantiate(compose_run("decoding=sample").decoding) == DecodingConfig(temperature=1.4, top_k=25)
 
 
 @pytest.mark.parametrize("group", ["cpu", "gpu", "mps"])
 def test_trainer_accelerators(group):
-    cfg = compose_train(f"trainer={group}")
+    cfg = compose_run(f"trainer={group}")
     assert cfg.trainer.accelerator == group and cfg.trainer.val_check_interval == 5
 
 
 @pytest.mark.parametrize("logger", ["tensorboard", "csv"])
 def test_fast_dev_run_composes_every_part(tmp_path, verdict_path, logger):
-    cfg = compose_train(
+    cfg = compose_run(
         "model=tiny", f"data.path={verdict_path}", "data.context_length=32", f"logger={logger}",
         "+trainer.fast_dev_run=2", "trainer.accelerator=cpu", run_dir=tmp_path,
     )

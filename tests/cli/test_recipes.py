@@ -12,7 +12,7 @@ import pytest
 from gptlit.cli.build import fit
 from gptlit.training.schedule import WarmupCosine
 
-from .conftest import compose_config
+from ..conftest import compose_config
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from gptlit.cli.build import fit
 from gptlit.errors import UserError
 from gptlit.training.schedule import WarmupCosine
 
-from .conftest import compose_config, compose_train
+from ..conftest import compose_config, compose_train
 
 
 def closed_form(s: int, warmup: int, total: int, initial: float, peak: float, minimum: float) -> float:

@@ -11,7 +11,7 @@ from gptlit.training.callbacks import throughput as callbacks
 from gptlit.training.callbacks.interrupt import TrainingInterrupted
 from gptlit.training.module import GPTLitModule
 
-from .conftest import compose_train
+from ..conftest import compose_train
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ from gptlit.planning.plan import (
 )
 from gptlit.planning import plan as plan_module
 
-from .conftest import ROOT, TINY_CFG, find_verdict
+from ..conftest import ROOT, TINY_CFG, find_verdict
 
 
 def saved_activation_bytes(cfg: GPTConfig, batch: int) -> int:

@@ -10,8 +10,8 @@ from llms_from_scratch.ch05 import train_model_simple
 from gptlit.core.tokenizer import get_tokenizer
 from gptlit.cli.build import fit as train
 
-from .book_reference import assert_same_weights, book_loaders
-from .test_configs import compose_train
+from ..book_reference import assert_same_weights, book_loaders
+from ..conftest import compose_run
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def printed_lines(out):
 def test_book_ch5_prints_the_books_lines(tmp_path, verdict_path, verdict_text, capsys):
     book = book_run(verdict_text)
     expected = printed_lines(capsys.readouterr().out)
-    cfg = compose_train(
+    cfg = compose_run(
         "experiment=book_ch5", f"data.path={verdict_path}", f"data.context_length={CONTEXT}",
         f"trainer.max_epochs={EPOCHS}", *[f"model.{k}={v}" for k, v in TINY.items()], run_dir=tmp_path,
     )

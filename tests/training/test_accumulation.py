@@ -13,7 +13,7 @@ from gptlit.cli.build import build, fit
 from gptlit.errors import find_user_error
 from gptlit.weights.io import read_checkpoint
 
-from .conftest import compose_train
+from ..conftest import compose_train
 from .test_distributed import max_weight_diff, run_train
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.

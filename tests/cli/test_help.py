@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 CONF = ROOT / "conf"
 # The groups each entry point composes; generate.py's --help must not offer training's.

@@ -18,8 +18,8 @@ from gptlit.training.module import GPTLitModule
 from gptlit.training.nonfinite import NonFiniteLossError
 from gptlit.weights.io import read_checkpoint
 
-from .conftest import ROOT
-from .training_parts import NonFiniteLoss
+from ..conftest import ROOT
+from ..training_parts import NonFiniteLoss
 
 
 class RunsCode:
