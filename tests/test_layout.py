@@ -37,3 +37,52 @@ def test_importing_gptlit_changes_no_process_state():
         "assert os.umask(0o022) == 0o027\nassert warnings.filters == before, warnings.filters[:3]\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+# What each part of gptlit may import from the others: the framework-free layers below, the CLI above everything.
+# Nothing imports upward, so a folder can be read, tested and reused with only what is below it.
+LAYERS = {
+    "errors": set(),
+    "files": {"errors"},
+    "hub": set(),
+    "console": set(),
+    "core": {"errors"},
+    "weights": {"core", "errors", "files", "hub"},
+    "data": {"core", "errors", "files", "hub"},
+    "evaluation": {"core", "errors", "files"},
+    "planning": {"core", "errors", "files"},
+    "serving": {"core", "weights", "errors", "files", "hub"},
+    "training": {"core", "weights", "evaluation", "planning", "errors", "files", "console"},
+    "book": {"training", "core", "errors", "console"},
+    "cli": set(),  # the top: it may import anything (checked below as the exception)
+}
+
+
+def gptlit_imports(path) -> set[str]:
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "gptlit":
+            names = [node.module] if node.module != "gptlit" else [f"gptlit.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.split(".")[0] == "gptlit"]
+        found |= {name.split(".")[1] for name in names if "." in name}
+    return found
+
+
+def test_nothing_imports_upward():
+    package = ROOT / "gptlit"
+    wrong = []
+    for path in sorted(package.rglob("*.py")):
+        part = path.relative_to(package).parts[0].removesuffix(".py")
+        if part in ("__init__", "cli"):
+            continue
+        assert part in LAYERS, f"{part}: a new part of gptlit needs its place in LAYERS"
+        wrong += [f"{path.relative_to(ROOT)} imports gptlit.{used}"
+                  for used in gptlit_imports(path) - LAYERS[part] - {part}]
+    assert not wrong, "\n".join(wrong)
+    # Nothing below the CLI reaches up into it, and the entry scripts are only its callers.
+    for script in ("train.py", "generate.py", "eval.py", "export.py", "plan.py"):
+        assert gptlit_imports(ROOT / script) == {"cli"}, script

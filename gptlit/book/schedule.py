@@ -1,8 +1,8 @@
-"""The book's exact reproduction behind one seam: its evaluation schedule and its printed step numbers.
+"""The book's evaluation schedule and its printed step numbers.
 
 ``conf/experiment/book_ch5.yaml`` reproduces chapter 5's ``train_model_simple`` line for line through
-``BookSchedule``. What the book's numbers also depend on but cannot move here is marked at its own site with a
-pointer back to this file:
+``BookSchedule``. What the book's numbers also depend on lives in the shared code it is an option of, marked
+there with a pointer back to this file (moving it here would make the model and the data import upward):
 
 - ``gptlit/core/model.py``: ``kernels="book"``, the book's explicit masked softmax, whose dropout draws random
   numbers as the book's does (fused attention's dropout does not), and its written-out LayerNorm and GELU, which
