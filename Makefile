@@ -4,7 +4,7 @@
 #   make train model=tiny trainer.max_epochs=2             the same: unknown variables go to train.py
 #   make test ARGS="-x tests/core/test_model.py"               arguments for pytest
 #   make test-quick                                       the quick tier (pytest -m "not slow")
-#   make train TORCH_INDEX=https://download.pytorch.org/whl/cpu    the CPU-only torch build (see README)
+#   make train TORCH_INDEX=https://download.pytorch.org/whl/cpu    the CPU-only torch build (see docs/development.md)
 
 PYTHON ?= python3
 VENV ?= .venv

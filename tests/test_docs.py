@@ -31,14 +31,14 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 # Text in a command that keeps it from running here, and why.
 SKIP = {
-    "python train.py experiment=book_ch5": "GPT-2 124M for 10 epochs: minutes (tests/test_book_ch5.py checks it small)",
+    "python train.py experiment=book_ch5": "GPT-2 124M for 10 epochs: minutes (tests/book/test_book_ch5.py checks it small)",
     "pretrained=gpt2": "downloads GPT-2 from the hub when online; offline its error depends on the cache",
     "init_from=gpt2 ": "downloads GPT-2 from the hub when online",
-    "ckpt_path=downloaded.ckpt": "needs a hostile file (tests/test_reliability.py makes one)",
+    "ckpt_path=downloaded.ckpt": "needs a hostile file (tests/reliability/test_reliability.py makes one)",
     "data.path=notes.txt": "a missing data.path: its handling is changing (download of The Verdict)",
-    "hydra.run.dir=/tmp/fd/run": "needs a 60 MB disk mounted at /tmp/fd (tests/test_faults.py fills a disk its own way)",
-    "python bench/book_appendix_d.py": "the book's own run takes minutes (tests/test_book_appendix_d.py checks it small)",
-    "hydra.run.dir=/tmp/ctrlc": "the default 124M run stopped by Ctrl-C (tests/test_resume.py sends real signals)",
+    "hydra.run.dir=/tmp/fd/run": "needs a 60 MB disk mounted at /tmp/fd (tests/reliability/test_faults.py fills a disk its own way)",
+    "python bench/book_appendix_d.py": "the book's own run takes minutes (tests/book/test_book_appendix_d.py checks it small)",
+    "hydra.run.dir=/tmp/ctrlc": "the default 124M run stopped by Ctrl-C (tests/training/test_resume.py sends real signals)",
     "outputs/default/": "reads the default 124M run's checkpoint (a run of minutes)",
 }
 GPU_ONLY = ("trainer=gpu", "device=cuda")  # these run for real on a machine with a GPU
