@@ -236,7 +236,7 @@ def test_prompt_within_the_context_gives_no_warning(models):
     [
         ({"temperature": -0.5}, r"decoding.temperature must be >= 0"),
         ({"top_k": 0}, r"decoding.top_k must be a positive integer"),
-        ({"top_k": 1001}, r"decoding.top_k \(1001\) exceeds the vocabulary size \(1000\)"),
+        ({"top_k": 1001, "temperature": 1.0}, r"decoding.top_k \(1001\) exceeds the vocabulary size \(1000\)"),
         ({"top_p": 0.0}, r"decoding.top_p must be in \(0, 1\]"),
         ({"top_p": 1.5}, r"decoding.top_p must be in \(0, 1\]"),
         ({"max_new_tokens": -1}, r"max_new_tokens must be an integer >= 0"),
