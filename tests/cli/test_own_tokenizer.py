@@ -57,8 +57,10 @@ def test_trained_tokenizer_round_trips_and_compresses_its_corpus(own, verdict_te
     folder, *_ = own
     tokenizer = load_tokenizer(folder)
     assert tokenizer.n_vocab == VOCAB and tokenizer.eot_id == 0 and tokenizer.fingerprint.startswith("sha256:")
-    for text in SAMPLES:
+    for text in SAMPLES + [verdict_text]:
         assert tokenizer.decode(tokenizer.encode(text)) == text
+        # tiktoken runs the trained merges: the ids are the tokenizers library's own.
+        assert tokenizer.encode(text) == tokenizer.backend.encode(text, add_special_tokens=False).ids
     assert tokenizer.encode(ENDOFTEXT) == [tokenizer.eot_id]
     # Bytes of text behind each token: the special token stands for none.
     assert tokenizer.byte_lengths[tokenizer.eot_id] == 0
