@@ -18,6 +18,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gptlit.core.device import resolve_device_type, why_unavailable
+from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError, check_int
 from gptlit.files import atomic_write
 from gptlit.planning.precision import AUTO, training_precision
@@ -93,6 +94,22 @@ def is_fsdp(strategy) -> bool:
     return str(strategy or "").lower().startswith("fsdp")
 
 
+def apply_tokenizer(cfg: DictConfig) -> None:
+    """Make the model's vocabulary the tokenizer's: with a trained tokenizer, model.vocab_size becomes its size
+    rounded up to tokenizer.pad_vocab_to (model.vocab_used the size itself) and the model records the tokenizer's
+    fingerprint. GPT-2's BPE leaves the model group's 50257 (the book's) as it is."""
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    with open_dict(cfg):
+        cfg.model.tokenizer = tokenizer.fingerprint
+        if cfg.tokenizer.path is None:
+            return
+        pad = cfg.tokenizer.get("pad_vocab_to") or 1
+        check_int("tokenizer.pad_vocab_to", pad)
+        cfg.model.vocab_size = -(-tokenizer.n_vocab // pad) * pad
+        cfg.model.vocab_used = tokenizer.n_vocab
+    record(cfg, {f"model.{k}": cfg.model[k] for k in ("vocab_size", "vocab_used", "tokenizer")})
+
+
 def decide_precision(cfg: DictConfig) -> None:
     """Replace trainer.precision=auto by the precision measured for this run (gptlit.planning.precision), in the
     config and in the run's .hydra/config.yaml, so the record says what was used."""
@@ -102,18 +119,28 @@ def decide_precision(cfg: DictConfig) -> None:
                                 cfg.data.context_length, cfg.data.batch_size)
     with open_dict(cfg):
         cfg.trainer.precision = chosen
+    record(cfg, {"trainer.precision": chosen})
+
+
+def record(cfg: DictConfig, decided: dict[str, object]) -> None:
+    """Write what the run decided while it was built (``decided``: dotted keys) into its .hydra/config.yaml, which
+    Hydra saved before, so the record says what the run used."""
     saved = Path(cfg.run_dir, ".hydra", "config.yaml")
-    if saved.is_file() and os.environ.get("LOCAL_RANK", "0") == "0":
-        record = OmegaConf.load(saved)
-        record.trainer.precision = chosen
-        with atomic_write(saved, "w") as f:
-            f.write(OmegaConf.to_yaml(record))
+    if not saved.is_file() or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    config = OmegaConf.load(saved)
+    with open_dict(config):
+        for key, value in decided.items():
+            OmegaConf.update(config, key, value)
+    with atomic_write(saved, "w") as f:
+        f.write(OmegaConf.to_yaml(config))
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Trainer]:
     """The datamodule, module and trainer of a run, each from its config group; nothing is trained yet."""
     check_trainer(cfg.trainer)
     quiet_known_warnings(cfg)
+    apply_tokenizer(cfg)
     decide_precision(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)

@@ -17,6 +17,7 @@ from gptlit.cli.user_errors import exit_on_user_error
 from gptlit.cli.source import load_model
 from gptlit.core.device import pick_device
 from gptlit.core.model import GPTModel
+from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError
 from gptlit.evaluation import hellaswag
 from gptlit.evaluation.perplexity import perplexity
@@ -41,12 +42,15 @@ class Perplexity:
         datamodule.prepare_data()
         datamodule.setup("validate")
         tokens = token_split(datamodule, cfg.split)
-        result = perplexity(model, tokens, window, cfg.data.stride, cfg.data.batch_size, cfg.precision, cfg.progress)
+        result = perplexity(model, tokens, window, cfg.data.stride, cfg.data.batch_size, cfg.precision, cfg.progress,
+                            byte_lengths=load_tokenizer(cfg.tokenizer.path).byte_lengths)
         print(f"{cfg.split} split of {cfg.data.path}{split_note(cfg)}: loss {result.loss:.4f}, perplexity {result.perplexity:.3f}, "
+              f"{result.bpb:.4f} bits per byte, "
               f"{result.tokens} tokens scored in {result.windows} windows of {window} (stride {cfg.data.stride or window})")
         return {
             "loss": result.loss,
             "perplexity": result.perplexity,
+            "bpb": result.bpb,
             "tokens": result.tokens,
             "data": {**OmegaConf.to_container(cfg.data, resolve=True), "split": cfg.split},
             "settings": {"window": window, "stride": cfg.data.stride or window, "windows": result.windows,
@@ -77,7 +81,8 @@ class HellaSwag:
     def __call__(self, model: GPTModel, cfg: DictConfig) -> dict[str, Any]:
         path = hellaswag.locate(self.path, self.cache_dir, self.url)
         items = hellaswag.read_items(path, self.limit)
-        result = hellaswag.hellaswag(model, items, self.batch_size, cfg.precision, cfg.progress)
+        result = hellaswag.hellaswag(model, items, self.batch_size, cfg.precision, cfg.progress,
+                                     load_tokenizer(cfg.tokenizer.path))
         print(f"hellaswag ({path}): acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} on {result['items']} items")
         return {**result, "data": {"path": str(path)}, "settings": {"batch_size": self.batch_size, "limit": self.limit}}
 

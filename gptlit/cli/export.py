@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlit.cli.command_line import CONFIG_DIR, check_command_line
 from gptlit.cli.user_errors import exit_on_user_error
 from gptlit.cli.source import load_model
+from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError
 from gptlit.weights.hf_export import export_gpt2, find_run_config, model_card, push_to_hub
 
@@ -20,7 +21,7 @@ def run(cfg: DictConfig) -> Path:
                         "out_dir=exported/my-gpt")
     model, weights = load_model(cfg)
     card = model_card(model, weights.source, weights.run, find_run_config(weights.source))
-    out_dir = export_gpt2(model, cfg.out_dir, card, overwrite=cfg.overwrite)
+    out_dir = export_gpt2(model, cfg.out_dir, card, overwrite=cfg.overwrite, tokenizer=load_tokenizer(cfg.tokenizer.path))
     print(f"wrote {out_dir} (config.json, model.safetensors, tokenizer files, README.md); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
     if cfg.push_to_hub:

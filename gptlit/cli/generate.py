@@ -17,7 +17,7 @@ from gptlit.cli.source import load_model
 from gptlit.core.generation import DecodingConfig, stream
 from gptlit.core.device import model_device, pick_device
 from gptlit.core.model import GPTModel
-from gptlit.core.tokenizer import decode_stream, encode, get_tokenizer
+from gptlit.core.tokenizer import decode_stream, encode, load_tokenizer
 from gptlit.errors import UserError
 
 
@@ -25,9 +25,10 @@ def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingCo
     """Print the prompt, then each piece of text as soon as its tokens are generated (``stream=true``), or the
     whole text once it is done (``stream=false``), whatever buffering the output has."""
     out = out or sys.stdout
-    idx = torch.tensor([encode(prompt)], device=model_device(model))
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    idx = torch.tensor([encode(prompt, tokenizer)], device=model_device(model))
     tokens = (t.item() for t in stream(model, idx, cfg.max_new_tokens, model.cfg.context_length, decoding))
-    pieces = decode_stream(tokens, get_tokenizer())
+    pieces = decode_stream(tokens, tokenizer)
     if not cfg.stream:
         pieces = ["".join(pieces)]
     print(prompt, end="", file=out, flush=True)

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gptlit.cli.build import apply_tokenizer
 from gptlit.cli.command_line import CONFIG_DIR, check_group_choices
 from gptlit.cli.user_errors import exit_on_user_error, fail
 from gptlit.core.device import pick_device, precision_dtype
@@ -41,6 +42,7 @@ def devices_of(trainer: DictConfig, device: torch.device) -> int:
 
 
 def plan(cfg: DictConfig) -> str:
+    apply_tokenizer(cfg)  # the vocabulary follows a trained tokenizer, as in train.py
     model = instantiate(cfg.model)
     device = pick_device(str(cfg.trainer.accelerator))
     devices = devices_of(cfg.trainer, device)

@@ -114,6 +114,10 @@ def _cached_logits(model: GPTModel, batch_size: int, context_size: int, start: t
     return logits
 
 
+def _without_padding(logits_of: LogitsFn, used: int) -> LogitsFn:
+    return lambda idx: logits_of(idx)[:, :used]
+
+
 def _cacheable(model: nn.Module) -> GPTModel | None:
     # torch.compile wraps the module; the cache runs on the eager module underneath.
     inner = getattr(model, "_orig_mod", model)
@@ -172,6 +176,10 @@ def stream(
         raise ValueError("left-padded prompts need the KV cache (use_cache=True)")
     else:
         logits_of = _uncached_logits(model, context_size)
+    config = getattr(_cacheable(model), "cfg", None)
+    if config is not None and config.vocab_used is not None and config.vocab_used < config.vocab_size:
+        # The vocabulary rounded up for speed: its padding ids are no tokens and are never picked.
+        logits_of = _without_padding(logits_of, config.vocab_used)
     return _decode(logits_of, idx, max_new_tokens, decoding, generator)
 
 

@@ -37,6 +37,12 @@ class GPTConfig:
     # which a long run grows into the printed third decimal. Book-only: part of the exact reproduction that cannot
     # move into gptlit/book/.
     kernels: str = "fused"
+    # The ids the tokenizer produces, where vocab_size rounds them up for speed (None: all of vocab_size); the
+    # ids above are padding, trained towards zero probability and never sampled.
+    vocab_used: int | None = None
+    # The tokenizer the model's ids belong to (gptlit.core.tokenizer: "gpt2", or a trained one's fingerprint):
+    # weights are never read with another tokenizer.
+    tokenizer: str = "gpt2"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -48,6 +54,9 @@ class GPTConfig:
             )
         if not 0.0 <= self.drop_rate < 1.0:
             raise UserError(f"model.drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        if self.vocab_used is not None and not 0 < self.vocab_used <= self.vocab_size:
+            raise UserError(f"model.vocab_used ({self.vocab_used}) must be between 1 and model.vocab_size "
+                            f"({self.vocab_size})")
         if self.kernels not in KERNELS:
             raise UserError(f"model.kernels must be one of {KERNELS}, got {self.kernels!r}")
 

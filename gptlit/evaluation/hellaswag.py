@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gptlit.core.device import model_device
-from gptlit.core.tokenizer import encode
+from gptlit.core.tokenizer import Tokenizer, encode
 from gptlit.errors import UserError, check_int
 from gptlit.evaluation.autocast import at_precision
 from gptlit.evaluation.batches import batches
@@ -78,13 +78,13 @@ def read_items(path: str | Path, limit: int | None = None) -> list[dict[str, Any
     return items
 
 
-def render(item: dict[str, Any], context_length: int) -> list[tuple[list[int], int]]:
+def render(item: dict[str, Any], context_length: int, tokenizer: Tokenizer | None = None) -> list[tuple[list[int], int]]:
     """Per ending: the tokens of context and ending, and how many of the last ones are the ending's. A row longer
     than the model's context plus one loses its first tokens: the ending keeps all the context there is room for."""
-    context = encode(item["ctx"])
+    context = encode(item["ctx"], tokenizer)
     rows = []
     for ending in item["endings"]:
-        ending_tokens = encode(" " + ending)
+        ending_tokens = encode(" " + ending, tokenizer)
         row = (context + ending_tokens)[-(context_length + 1):]
         rows.append((row, min(len(ending_tokens), len(row) - 1)))
     return rows
@@ -99,7 +99,8 @@ class ItemScores:
 
 @torch.no_grad()
 def score_items(
-    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str | None = "32-true", progress: bool = True
+    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str | None = "32-true", progress: bool = True,
+    tokenizer: Tokenizer | None = None,
 ) -> ItemScores:
     """The ending losses of every item, ``batch_size`` items (4 rows each) per forward pass."""
     check_int("task.batch_size", batch_size)
@@ -109,7 +110,7 @@ def score_items(
     sums, counts = [], []
     with at_precision(model, precision), tqdm(total=len(items), desc="hellaswag", unit="item", disable=not progress) as bar:
         for batch in batches(items, batch_size):
-            rows = [row for item in batch for row in render(item, context_length)]
+            rows = [row for item in batch for row in render(item, context_length, tokenizer)]
             width = max(len(tokens) for tokens, _ in rows) - 1
             inputs = torch.zeros(len(rows), width, dtype=torch.long)
             targets = torch.zeros(len(rows), width, dtype=torch.long)
@@ -137,6 +138,7 @@ def accuracy(scores: ItemScores) -> dict[str, float | int]:
 
 
 def hellaswag(
-    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str | None = "32-true", progress: bool = True
+    model: nn.Module, items: list[dict[str, Any]], batch_size: int = 4, precision: str | None = "32-true", progress: bool = True,
+    tokenizer: Tokenizer | None = None,
 ) -> dict[str, float | int]:
-    return accuracy(score_items(model, items, batch_size, precision, progress))
+    return accuracy(score_items(model, items, batch_size, precision, progress, tokenizer))

@@ -57,6 +57,7 @@ class PerplexityResult:
     perplexity: float
     tokens: int  # tokens scored
     windows: int
+    bpb: float | None = None  # bits per UTF-8 byte of the text scored (None: not asked for)
 
 
 @torch.no_grad()
@@ -68,14 +69,20 @@ def perplexity(
     batch_size: int = 8,
     precision: str | None = "32-true",
     progress: bool = True,
+    byte_lengths: torch.Tensor | None = None,
 ) -> PerplexityResult:
-    """Token-weighted mean loss and perplexity of ``model`` on ``tokens`` (see the module's docstring)."""
+    """Token-weighted mean loss and perplexity of ``model`` on ``tokens`` (see the module's docstring), and with
+    ``byte_lengths`` (the tokenizer's: gptlit.core.tokenizer.Tokenizer.byte_lengths) the bits per byte: the summed
+    cross-entropy in bits of the scored tokens that stand for text, over their UTF-8 bytes."""
     stride = window if stride is None else stride
     check_int("data.batch_size", batch_size)
     windows = sliding_windows(len(tokens), window, stride)
     device = model_device(model)
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
+    text_nats = torch.zeros((), dtype=torch.float64, device=device)
+    text_bytes = 0
+    sizes = None if byte_lengths is None else byte_lengths.to(device)
     with at_precision(model, precision), tqdm(total=len(windows), desc="perplexity", unit="window", disable=not progress) as bar:
         for batch in batches(windows, batch_size):
             width = max(w.length for w in batch)
@@ -86,11 +93,16 @@ def perplexity(
                 inputs[row, : w.length] = chunk[:-1]
                 targets[row, w.length - w.scored : w.length] = chunk[1:][w.length - w.scored :]
             logits = model(inputs.to(device))
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE, reduction="sum"
-            )
-            total += loss.double()
+            flat_targets = targets.to(device).flatten()
+            nats = F.cross_entropy(logits.float().flatten(0, 1), flat_targets, ignore_index=IGNORE, reduction="none")
+            total += nats.double().sum()
+            if sizes is not None:
+                kept = flat_targets != IGNORE
+                token_bytes = sizes[flat_targets[kept]]
+                text_nats += nats[kept][token_bytes > 0].double().sum()
+                text_bytes += int(token_bytes.sum())
             bar.update(len(batch))
     scored = sum(w.scored for w in windows)
     mean = total.item() / scored
-    return PerplexityResult(mean, math.exp(min(mean, 700.0)), scored, len(windows))
+    bpb = text_nats.item() / math.log(2) / text_bytes if text_bytes else None
+    return PerplexityResult(mean, math.exp(min(mean, 700.0)), scored, len(windows), bpb)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError
 from gptlit.training.nonfinite import NonFiniteGuard
 from gptlit.console import show
@@ -44,6 +45,7 @@ class GPTLitModule(L.LightningModule):
         on_nonfinite: str = "stop",
         scheduler: SchedulerFactory | None = None,
         clip_after_warmup: bool = False,
+        tokenizer: str | None = None,
     ):
         """``on_nonfinite`` says what a NaN or infinite training loss does: "stop" the run (the checkpoints
         already written stay as they are) or "skip" the batch without an optimizer step.
@@ -53,6 +55,9 @@ class GPTLitModule(L.LightningModule):
         ``scheduler`` sets the learning rate of every optimizer step; None keeps the optimizer's (the book's
         chapter 5). ``trainer.gradient_clip_val`` clips the global gradient norm; ``clip_after_warmup`` clips only
         from the scheduler's first step after warmup on, as the book's appendix D does.
+
+        ``tokenizer`` (``tokenizer.path``) is the tokenizer of the data: bits per byte divide by the bytes its
+        tokens stand for.
 
         The book's evaluation schedule is a callback, gptlit.book.schedule.BookSchedule."""
         super().__init__()
@@ -68,7 +73,11 @@ class GPTLitModule(L.LightningModule):
         self.tokens_seen = 0
         # The book's (train_losses, val_losses, track_tokens_seen) with the step and epoch of each evaluation.
         self.history: list[dict[str, float]] = []
-        self._eval_sums = torch.zeros(2, 2, dtype=torch.float64)
+        self.tokenizer_path = tokenizer
+        # Per split: the sum of the batches' mean losses and their count (the book's estimate), and the nats and
+        # the UTF-8 bytes of every scored token (bits per byte).
+        self._eval_sums = torch.zeros(2, 4, dtype=torch.float64)
+        self._byte_lengths: torch.Tensor | None = None
         self._rng_states: dict[str, Any] | None = None
 
     @property
@@ -160,12 +169,17 @@ class GPTLitModule(L.LightningModule):
         self.check_nonfinite()
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_sums = torch.zeros(2, 2, dtype=torch.float64, device=self.device)
+        self._eval_sums = torch.zeros(2, 4, dtype=torch.float64, device=self.device)
+        if self._byte_lengths is None or self._byte_lengths.device != self.device:
+            self._byte_lengths = load_tokenizer(self.tokenizer_path).byte_lengths.to(self.device)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
         inputs, targets = batch
-        loss = cross_entropy(self.model(inputs), targets)
-        self._eval_sums[dataloader_idx] += torch.stack([loss.detach().double(), loss.new_ones((), dtype=torch.float64)])
+        logits = self.model(inputs)
+        loss = cross_entropy(logits, targets)
+        self._eval_sums[dataloader_idx] += torch.stack(
+            [loss.detach().double(), loss.new_ones((), dtype=torch.float64), *nats_and_bytes(logits, targets, self._byte_lengths)]
+        )
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -182,6 +196,7 @@ class GPTLitModule(L.LightningModule):
             "val/loss": val_loss,
             "train/loss": train_loss,
             "val/perplexity": math.exp(min(val_loss, 700.0)),
+            "val/bpb": bits_per_byte(*sums[1, 2:].tolist()),
             "train/tokens_seen": float(self.tokens_seen),
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
@@ -239,6 +254,21 @@ def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch
     if max_norm is None:
         return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
     return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm=max_norm)
+
+
+def nats_and_bytes(logits: torch.Tensor, targets: torch.Tensor, byte_lengths: torch.Tensor) -> torch.Tensor:
+    """[2] float64: the summed cross-entropy (nats) of the targets that stand for text, and their UTF-8 bytes.
+    Special tokens (<|endoftext|>) count in neither, as nanochat's bits per byte has it."""
+    with torch.no_grad():
+        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+        sizes = byte_lengths[targets.flatten()]
+        text = sizes > 0
+        return torch.stack([nats[text].double().sum(), sizes.double().sum()])
+
+
+def bits_per_byte(nats: float, n_bytes: float) -> float:
+    """Cross-entropy in bits per UTF-8 byte of text: comparable across tokenizers, unlike the loss per token."""
+    return nats / math.log(2) / n_bytes if n_bytes else float("nan")
 
 
 def evaluation_line(epoch: int, label: str, step: int, train_loss: float, val_loss: float) -> str:

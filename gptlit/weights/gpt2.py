@@ -28,6 +28,8 @@ GPT2_REPOS = {
     "gpt2-xl": "openai-community/gpt2-xl",  # 1558M
 }
 FILES = ("config.json", "model.safetensors")
+# The key gptlit adds to an export's config.json: the fingerprint of the tokenizer the model was trained with.
+TOKENIZER_KEY = "gptlit_tokenizer"
 
 
 def locate(source: str | Path) -> Path:
@@ -86,6 +88,8 @@ def read_gpt2(folder: str | Path) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
         n_layers=hf["n_layer"],
         drop_rate=0.0,
         qkv_bias=True,
+        # An export of a model trained with another tokenizer says so (gptlit.weights.hf_export); GPT-2's do not.
+        tokenizer=hf.get(TOKENIZER_KEY) or "gpt2",
     )
     hf_state = {k.removeprefix("transformer."): v for k, v in tensors.items()}
     try:

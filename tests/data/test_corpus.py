@@ -121,3 +121,13 @@ def test_bad_corpus_paths_and_bytes_are_user_errors(tmp_path, books):
     assert len(dm.train_set) > 0
     # The failed build left no temporary file behind.
     assert not [p for p in (tmp_path / "cache").iterdir() if p.suffix == ".tmp"]
+
+
+def test_a_tokenizer_too_large_for_the_token_cache_is_refused_in_one_line():
+    from gptlit.data.token_cache import storable
+
+    class Huge:
+        name, n_vocab = "huge.json", 100_000
+
+    with pytest.raises(UserError, match=r"huge.json has 100000 tokens; token caches store ids in 16 bits"):
+        storable(Huge())

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import check_int
 from gptlit.evaluation import hellaswag
 
@@ -46,7 +47,8 @@ class HellaSwagEval(L.Callback):
         try:
             # The training precision (autocast for mixed ones); scoring draws no random numbers.
             with trainer.precision_plugin.forward_context():
-                result = hellaswag.hellaswag(model, self.items, self.batch_size, precision=None, progress=False)
+                result = hellaswag.hellaswag(model, self.items, self.batch_size, precision=None, progress=False,
+                                             tokenizer=load_tokenizer(getattr(pl_module, "tokenizer_path", None)))
         finally:
             model.train(was_training)
         if trainer.logger:

@@ -10,7 +10,7 @@ from gptlit.console import show
 from gptlit.core.device import model_device
 from gptlit.core.generation import DecodingConfig, generate
 from gptlit.core.model import GPTModel
-from gptlit.core.tokenizer import text_to_token_ids, token_ids_to_text
+from gptlit.core.tokenizer import load_tokenizer, text_to_token_ids, token_ids_to_text
 from gptlit.training.full_model import full_model
 from gptlit.training.module import GPTLitModule
 
@@ -28,11 +28,13 @@ class SampleText(L.Callback):
         max_new_tokens: int = 50,
         decoding: DecodingConfig | None = None,
         seed: int = 123,
+        tokenizer: str | None = None,
     ):
         self.start_context = start_context
         self.max_new_tokens = max_new_tokens
         self.decoding = decoding or DecodingConfig()
         self.seed = seed
+        self.tokenizer_path = tokenizer  # tokenizer.path; None: GPT-2's BPE
         # Sampling draws from generators of its own, one per device it samples on, so the decoding settings never
         # change the training run: neither the CPU's global generator nor a GPU's, which drive dropout.
         self._generators: dict[str, torch.Generator] = {}
@@ -52,12 +54,13 @@ class SampleText(L.Callback):
         model.eval()
         try:
             device = model_device(model)
-            idx = text_to_token_ids(self.start_context).to(device)
+            tokenizer = load_tokenizer(self.tokenizer_path)
+            idx = text_to_token_ids(self.start_context, tokenizer).to(device)
             out = generate(model, idx, self.max_new_tokens, context_size=model.cfg.context_length,
                            decoding=self.decoding, generator=self.generator(device))
         finally:
             model.train(was_training)
-        return token_ids_to_text(out.cpu())
+        return token_ids_to_text(out.cpu(), tokenizer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
         model = full_model(trainer, pl_module)
