@@ -1,0 +1,57 @@
+"""Serve a model: `python serve.py ckpt_path=...|pretrained=gpt2 [host=127.0.0.1] [port=8000] [api_key=...]`.
+
+OpenAI's API and a chat page; the serving itself is gptlit/serving (docs/serving.md). This file only turns the
+Hydra config into its settings.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from gptlit.app.cli import check_command_line, exit_on_user_error
+from gptlit.app.source import load_model
+from gptlit.core.device import pick_device
+from gptlit.serving import make_app
+from gptlit.serving.chat_template import ChatTemplate
+from gptlit.serving.server import serve
+from gptlit.serving.settings import Limits, ServeSettings
+
+
+def settings_of(cfg: DictConfig) -> ServeSettings:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    source = c["ckpt_path"] if c["ckpt_path"] is not None else c["pretrained"]
+    # Without a source load_model refuses the command line; the name is never used then.
+    name = c["model_name"] if c["model_name"] is not None else Path(str(source or "gptlit")).name
+    return ServeSettings(
+        model_name=str(name), api_key=None if c["api_key"] is None else str(c["api_key"]),
+        max_batch=c["max_batch"], max_queue=c["max_queue"], default_max_tokens=c["max_tokens"],
+        default_temperature=c["temperature"], long_prompt=c["long_prompt"], eos_id=c["eos_id"],
+        limits=Limits(**c["limits"]), chat=ChatTemplate(**c["chat"]),
+    )
+
+
+def run(cfg: DictConfig) -> None:
+    # Settings first: a bad value is refused before the weights are read.
+    settings = settings_of(cfg)
+    device = pick_device(cfg.device)
+    model = load_model(cfg)[0].to(device).eval()
+    app = make_app(model, settings)
+    serve(app, cfg.host, cfg.port, banner=f"serving {settings.model_name} on {device.type} at ",
+          keyed=settings.api_key is not None)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    with exit_on_user_error():
+        run(cfg)
+
+
+if __name__ == "__main__":
+    check_command_line(Path(__file__).resolve().parent / "conf", "serve", sys.argv[1:])
+    main()
