@@ -11,11 +11,13 @@ import warnings
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlit.app.cli import check_command_line, exit_on_user_error
 from gptlit.app.source import load_model
 from gptlit.core.device import pick_device
+from gptlit.errors import check_int
 from gptlit.serving import make_app
 from gptlit.serving.chat_template import ChatTemplate
 from gptlit.serving.server import serve
@@ -39,6 +41,9 @@ def run(cfg: DictConfig) -> None:
     # Settings first: a bad value is refused before the weights are read.
     settings = settings_of(cfg)
     device = pick_device(cfg.device)
+    if cfg.threads is not None:
+        check_int("threads", cfg.threads)
+        torch.set_num_threads(cfg.threads)
     model = load_model(cfg)[0].to(device).eval()
     app = make_app(model, settings)
     serve(app, cfg.host, cfg.port, banner=f"serving {settings.model_name} on {device.type} at ",

@@ -150,7 +150,8 @@ def create_app(engine: Engine, tokenizer: tiktoken.Encoding, settings: ServeSett
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": settings.model_name, "context_length": context, **engine.load(),
-                "finished": dict(engine.stats.finished), "tokens": engine.stats.tokens}
+                "finished": dict(engine.stats.finished), "tokens": engine.stats.tokens,
+                "largest_batch": engine.stats.largest_batch}
 
     @app.get("/v1/models")
     async def models() -> dict:

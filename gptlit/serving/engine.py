@@ -76,6 +76,7 @@ class EngineStats:
     finished: dict[str, int] = field(default_factory=dict)
     steps: int = 0
     tokens: int = 0
+    largest_batch: int = 0  # the most rows one decoding step has run
 
 
 class Engine:
@@ -229,6 +230,7 @@ class Engine:
             if picked[i] is None:
                 picked[i] = int(next_token(logits[i : i + 1], request.decoding, request.generator)[0, 0])
         self.stats.steps += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, n)
         for request, token in zip(self.rows, picked):
             if not request.cancelled:
                 self._take(request, token)
