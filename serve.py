@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> None:
     model = load_model(cfg)[0].to(device).eval()
     app = make_app(model, settings)
     serve(app, cfg.host, cfg.port, banner=f"serving {settings.model_name} on {device.type} at ",
-          keyed=settings.api_key is not None)
+          keyed=settings.api_key is not None, stopping=app.state.engine.cancel_all)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")

@@ -431,3 +431,91 @@ def test_sse_lines_are_openai_chunks(server):
     assert {e["object"] for e in events} == {"chat.completion.chunk"} and len({e["id"] for e in events}) == 1
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 5
     assert all(e["usage"] is None for e in events[:-1])
+
+
+# The engine and its parts, in process ---------------------------------------------------------------------
+
+
+def run_engine(engine, jobs):
+    """Submit (prompt ids, Sampling, step to submit at) jobs, step the engine until all are done; each job's
+    tokens and finish reason."""
+    out = [[] for _ in jobs]
+    reasons = [None] * len(jobs)
+
+    def listener(i):
+        def on(kind, value):
+            if kind == "token":
+                out[i].append(value)
+            else:
+                reasons[i] = value
+        return on
+
+    step = 0
+    with torch.inference_mode():
+        while any(r is None for r in reasons):
+            for i, (prompt, sampling, at) in enumerate(jobs):
+                if at == step:
+                    engine.submit(prompt, sampling, listener(i))
+            engine.step()
+            step += 1
+    return out, reasons
+
+
+def test_engine_slots_move_and_join_without_changing_tokens(one_thread):
+    """Rows finishing out of order (the last slot moves into the hole), rows joining late, a sampled row beside
+    greedy ones: every request gets the tokens it gets alone."""
+    from gptlit.serving.engine import Engine, Sampling
+
+    model = tiny_model(seed=11, context_length=128)
+    jobs = [(encode(PROMPTS[0]), Sampling(max_tokens=5), 0),
+            (encode(PROMPTS[1]), Sampling(max_tokens=40), 0),
+            (encode(PROMPTS[2]), Sampling(max_tokens=25), 0),
+            (encode(PROMPTS[3]), Sampling(max_tokens=30, temperature=1.2, top_k=40, seed=5), 3),
+            (encode("Gisburn"), Sampling(max_tokens=12), 9)]
+    together, reasons = run_engine(Engine(model, max_batch=3, max_queue=4), jobs)
+    assert reasons == ["length"] * 5
+    alone = [run_engine(Engine(model, max_batch=1), [(p, s, 0)])[0][0] for p, s, _ in jobs]
+    assert together == alone
+    assert alone[0] == reference_ids(model, PROMPTS[0], 5)
+    assert alone[3] == reference_ids(model, PROMPTS[3], 30, seed=5, temperature=1.2, top_k=40)
+
+
+def test_engine_queue_limit_and_cancel():
+    from gptlit.serving.engine import Engine, QueueFull, Sampling
+
+    engine = Engine(tiny_model(context_length=64), max_batch=2, max_queue=1)
+    events = []
+    requests = [engine.submit([1, 2], Sampling(max_tokens=10), lambda k, v: events.append((k, v))) for _ in range(3)]
+    with pytest.raises(QueueFull):
+        engine.submit([1, 2], Sampling(max_tokens=10), lambda k, v: None)
+    engine.cancel(requests[2])  # still waiting: ends at once
+    assert engine.load()["waiting"] == 2 and ("done", "cancelled") in events
+    with torch.inference_mode():
+        engine.step()
+    assert engine.load()["active"] == 2
+    engine.cancel(requests[0])
+    with torch.inference_mode():
+        engine.step()
+    assert engine.load()["active"] == 1 and engine.stats.finished == {"cancelled": 2}
+
+
+@pytest.mark.parametrize("tokens, stops, pieces, stopped", [
+    (["Hel", "lo", " wor", "ld"], ["wor"], ["Hel", "lo", " "], True),
+    (["a", "\n", "Us", "er", ":", " x"], ["\nUser:"], ["a", "", "", "", ""], True),
+    (["a", "\n", "Us", "ed"], ["\nUser:"], ["a", "", "", "\nUsed"], False),
+    (["x", "y"], [], ["x", "y"], False),
+])
+def test_text_stream_holds_back_what_may_start_a_stop(tokens, stops, pieces, stopped):
+    tokenizer = get_tokenizer()
+    ids = [tokenizer.encode_single_token(t) for t in tokens]
+    stream = TextStream(tokenizer, stops)
+    got = [stream.feed(i) for i in ids]
+    assert got[: len(pieces)] == pieces and stream.stopped == stopped
+    assert "".join(got) + stream.close() == ("".join(pieces) if stopped else "".join(tokens))
+
+
+def test_text_stream_joins_a_character_split_over_tokens():
+    tokenizer = get_tokenizer()
+    ids = encode("café 😀")
+    stream = TextStream(tokenizer)
+    assert "".join(stream.feed(i) for i in ids) + stream.close() == "café 😀"

@@ -134,6 +134,7 @@ def create_app(engine: Engine, tokenizer: tiktoken.Encoding, settings: ServeSett
 
     app = FastAPI(title="gptlit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     install_handlers(app)
+    app.state.engine = engine
     app.add_middleware(_Guard, api_key=settings.api_key)
     started = int(time.time())
     context = engine.context_length

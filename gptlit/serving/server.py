@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+from typing import Callable
 
 import uvicorn
 from fastapi import FastAPI
@@ -35,7 +36,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: FastAPI, host: str, port: int, banner: str = "", keyed: bool = False) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending the replies in progress first when it shuts down: uvicorn would otherwise wait
+    for their streams to finish, then cancel them and log each cancellation's traceback."""
+
+    def __init__(self, config: uvicorn.Config, stopping: Callable[[], None] | None):
+        super().__init__(config)
+        self.stopping = stopping
+
+    async def shutdown(self, sockets=None) -> None:
+        if self.stopping is not None:
+            self.stopping()
+        await super().shutdown(sockets)
+
+
+def serve(app: FastAPI, host: str, port: int, banner: str = "", keyed: bool = False,
+          stopping: Callable[[], None] | None = None) -> None:
+    """Serve ``app`` until Ctrl-C or SIGTERM; ``stopping`` is called first thing on shutdown."""
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
@@ -45,4 +62,4 @@ def serve(app: FastAPI, host: str, port: int, banner: str = "", keyed: bool = Fa
               file=sys.stderr, flush=True)
     # Ctrl-C ends the server within a few seconds even with streams open.
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=3)
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config, stopping).run(sockets=[sock])
