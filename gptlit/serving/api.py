@@ -184,10 +184,10 @@ def create_app(engine: Engine, tokenizer: tiktoken.Encoding, settings: ServeSett
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
+        if body.max_completion_tokens is not None:
+            body.max_tokens = body.max_completion_tokens
         check_common(body)
         check_messages(body)
-        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        body.max_tokens = max_tokens
         messages = [("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
         # Chat text is text: "<|endoftext|>" typed by a user stays characters, never the special token.
         prompt = tokenizer.encode(settings.chat.render(messages), disallowed_special=())
@@ -280,7 +280,12 @@ def create_app(engine: Engine, tokenizer: tiktoken.Encoding, settings: ServeSett
         if requested is not None and requested >= context:
             raise APIError(400, f"max_tokens ({requested}) must leave room for the prompt in this model's context "
                                 f"of {context} tokens", "max_tokens", "invalid_value")
-        wanted = requested if requested is not None else min(settings.default_max_tokens, max(context - n, 1))
+        if requested is not None:
+            wanted = requested
+        elif n < context:
+            wanted = min(settings.default_max_tokens, context - n)
+        else:  # the prompt fills the context by itself: the default reply, if the prompt may be cut
+            wanted = min(settings.default_max_tokens, context - 1)
         if n + wanted <= context:
             return prompt, wanted, None
         if settings.long_prompt == "refuse":
