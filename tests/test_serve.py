@@ -519,3 +519,17 @@ def test_text_stream_joins_a_character_split_over_tokens():
     ids = encode("café 😀")
     stream = TextStream(tokenizer)
     assert "".join(stream.feed(i) for i in ids) + stream.close() == "café 😀"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engine_on_cuda_batched_equals_generate():
+    from gptlit.serving.engine import Engine, Sampling
+
+    model = tiny_model(seed=11, context_length=128).cuda()
+    jobs = [(encode(p), Sampling(max_tokens=20 + 5 * i), i) for i, p in enumerate(PROMPTS)]
+    together, _ = run_engine(Engine(model, max_batch=4), jobs)
+    for (prompt, sampling, _), tokens in zip(jobs, together):
+        ids = torch.tensor([prompt], device="cuda")
+        expected = generate(model, ids, sampling.max_tokens, decoding=DecodingConfig(eos_id=ENDOFTEXT_ID))
+        assert tokens == expected[0, len(prompt):].tolist()
