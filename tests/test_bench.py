@@ -20,6 +20,7 @@ TABLE_LINES = {
     "profile_step.py": "total (operator self time)",
     "train_throughput.py": "Lightning step vs plain loop:",
     "hf_tokenize.py": "| 0.2 MB | 1 |",
+    "serve_throughput.py": "| clients | requests | tokens |",
     "tokenize_speed.py": "trained / GPT-2, batched:",
 }
 

@@ -72,12 +72,18 @@ class Tokenizer:
     n_vocab: int  # the ids it can produce are 0 .. n_vocab - 1
     eot_id: int  # <|endoftext|>, between documents
     special_ids: frozenset[int]  # tokens that mark structure (<|endoftext|>, ...) and stand for no text
+    encoding: tiktoken.Encoding  # both kinds run on tiktoken
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """``text``'s ids with special tokens' names taken as plain text: for text that a user types (a chat
+        message), which must not be able to end a document."""
+        return self.encoding.encode_ordinary(text)
 
     def encode_array(self, text: str) -> np.ndarray:
         return np.asarray(self.encode(text), dtype=np.int64)
