@@ -221,7 +221,11 @@ class Engine:
 
     def _prepare(self, request: Request) -> None:
         s = request.sampling
-        request.decoding = DecodingConfig(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, eos_id=self.eos_id)
+        # OpenAI's API takes top_k/top_p beside temperature 0 and decodes greedily: the filters are dropped here,
+        # where generate.py refuses them (a command line that would silently not do what it says).
+        greedy = s.temperature == 0
+        request.decoding = DecodingConfig(temperature=s.temperature, top_k=None if greedy else s.top_k,
+                                          top_p=None if greedy else s.top_p, eos_id=self.eos_id)
         if s.temperature > 0:
             seed = s.seed if s.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
             # A generator of its own, seeded as generate.py seeds torch's global one: the same draws.
