@@ -34,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from gptlit.core.model import GPTConfig, GPTModel  # noqa: E402
 from gptlit.core.tokenizer import encode, get_tokenizer  # noqa: E402
-from gptlit.weights.io import MODEL_SIZES, save_safetensors  # noqa: E402
+from gptlit.weights.io import model_sizes, save_safetensors  # noqa: E402
 
-SMOKE_CONFIG = GPTConfig(context_length=256, **MODEL_SIZES["tiny"])
+SMOKE_CONFIG = GPTConfig(context_length=256, **model_sizes()["tiny"])
 FALLBACK_TEXT = "Every effort moves you forward, and the painter looked at the canvas again. " * 40
 
 
