@@ -40,6 +40,9 @@ SKIP = {
     "python bench/book_appendix_d.py": "the book's own run takes minutes (tests/book/test_book_appendix_d.py checks it small)",
     "hydra.run.dir=/tmp/ctrlc": "the default 124M run stopped by Ctrl-C (tests/training/test_resume.py sends real signals)",
     "outputs/default/": "reads the default 124M run's checkpoint (a run of minutes)",
+    "outputs/DATE/TIME/": "the GPT-2 124M model trained on The Verdict for serving.md (a run of minutes)",
+    "(while another server holds 8000)": "needs a server holding port 8000 (tests/serving/test_serve.py holds one)",
+    "curl -s": "talks to a server that runs until stopped (tests/serving/test_serve.py starts one and uses real clients)",
 }
 GPU_ONLY = ("trainer=gpu", "device=cuda")  # these run for real on a machine with a GPU
 
@@ -117,7 +120,8 @@ class Page:
 
     def __init__(self, root: Path):
         self.root = root
-        for name in ("train.py", "generate.py", "eval.py", "export.py", "plan.py", "conf", "bench"):
+        for name in ("train.py", "generate.py", "eval.py", "export.py", "plan.py", "tokenizer.py", "serve.py", "conf",
+                     "bench"):
             (root / name).symlink_to(ROOT / name)
         (root / "data").mkdir()
         (root / "data" / "the-verdict.txt").symlink_to(find_verdict())
