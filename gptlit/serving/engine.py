@@ -92,7 +92,7 @@ class Engine:
         self.eos_id = eos_id
         # The tokenizer's ids: a vocabulary rounded up for speed has padding ids that are never picked.
         self.vocab = model.cfg.vocab_used or model.cfg.vocab_size
-        self.cache = SlotCache.for_model(model, max_batch)
+        self.cache = SlotCache(model, max_batch)
         self.rows: list[Request] = []  # rows[i] decodes in slot i
         self.waiting: deque[Request] = deque()
         self.stats = EngineStats()

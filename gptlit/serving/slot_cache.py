@@ -24,30 +24,17 @@ import torch
 
 
 class SlotCache:
-    def __init__(
-        self,
-        n_layers: int,
-        n_slots: int,
-        n_heads: int,
-        head_dim: int,
-        capacity: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ):
-        shape = (n_layers, n_slots, n_heads, capacity, head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.capacity = capacity
-        self.n_layers = n_layers
+    def __init__(self, model, n_slots: int):
+        """``n_slots`` slots of ``model``'s whole context each, on its device and in its dtype."""
+        cfg, weight = model.cfg, model.out_head.weight
+        shape = (cfg.n_layers, n_slots, cfg.n_heads, cfg.context_length, cfg.head_dim)
+        self.keys = torch.empty(shape, device=weight.device, dtype=weight.dtype)
+        self.values = torch.empty(shape, device=weight.device, dtype=weight.dtype)
+        self.capacity = cfg.context_length
+        self.n_layers = cfg.n_layers
         # Tokens held by each slot, and how far each slot's storage is known to hold finite numbers.
         self.lengths = [0] * n_slots
         self.finite = [0] * n_slots
-
-    @classmethod
-    def for_model(cls, model, n_slots: int) -> SlotCache:
-        cfg = model.cfg
-        weight = model.out_head.weight
-        return cls(cfg.n_layers, n_slots, cfg.n_heads, cfg.head_dim, cfg.context_length, weight.device, weight.dtype)
 
     @property
     def n_slots(self) -> int:
