@@ -107,7 +107,6 @@ def apply_tokenizer(cfg: DictConfig) -> None:
         check_int("tokenizer.pad_vocab_to", pad)
         cfg.model.vocab_size = -(-tokenizer.n_vocab // pad) * pad
         cfg.model.vocab_used = tokenizer.n_vocab
-    record(cfg, {f"model.{k}": cfg.model[k] for k in ("vocab_size", "vocab_used", "tokenizer")})
 
 
 def decide_precision(cfg: DictConfig) -> None:
@@ -141,6 +140,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     check_trainer(cfg.trainer)
     quiet_known_warnings(cfg)
     apply_tokenizer(cfg)
+    if cfg.tokenizer.path is not None:
+        # Here, not in apply_tokenizer: plan.py applies the tokenizer too, and its run_dir is wherever it runs.
+        record(cfg, {f"model.{k}": cfg.model[k] for k in ("vocab_size", "vocab_used", "tokenizer")})
     decide_precision(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
