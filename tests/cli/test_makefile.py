@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -14,7 +15,12 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 def planned(*args: str) -> str:
     """The last command `make -n` would run: what the target runs after its set-up."""
-    out = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    # Under `make test` the outer make's variables (ARGS, MAKEFLAGS, MAKELEVEL) reach this one through the
+    # environment, and it then prints "make[1]: Leaving directory" after the command: the test asks what a user's
+    # own `make` would run in a fresh shell, so it gives make a bare environment.
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    out = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
 
 
