@@ -241,8 +241,13 @@ class GPTModel(nn.Module):
     def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits [batch, n, vocab]; with a ``cache``, ``in_idx`` continues the cached tokens and only the
         logits of its last position come back ([batch, 1, vocab]), which is all decoding needs."""
+        return self.out_head(self.features(in_idx, cache))
+
+    def features(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """What the output head reads: the final norm's output, [batch, n, emb_dim] (with a ``cache``, of the
+        last position only). A server computes the head's product itself, in the layout its CPU runs fastest."""
         if cache is not None:
-            return self._forward_cached(in_idx, cache)
+            return self._features_cached(in_idx, cache)
         seq_len = in_idx.shape[1]
         if seq_len > self.cfg.context_length:
             raise UserError(
@@ -251,13 +256,12 @@ class GPTModel(nn.Module):
             )
         pos = torch.arange(seq_len, device=in_idx.device)
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(pos))
-        x = self.final_norm(self.trf_blocks(x))
-        return self.out_head(x)
+        return self.final_norm(self.trf_blocks(x))
 
-    def _forward_cached(self, in_idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def _features_cached(self, in_idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         positions = cache.begin(in_idx.shape[1])
         x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
         for block, layer_cache in zip(self.trf_blocks, cache.layers):
             x = block(x, layer_cache)
         cache.advance(in_idx.shape[1])
-        return self.out_head(self.final_norm(x[:, -1:]))
+        return self.final_norm(x[:, -1:])

@@ -3,10 +3,12 @@
 One thread runs the model. Each step it
 1. drops the requests that were cancelled (a client went away, a stop string was seen) or have finished,
    so their slots are free at once;
-2. admits waiting requests into free slots, each prompt prefilled alone into its slot (see slot_cache), which
-   also picks its first token;
+2. admits waiting requests into free slots: the prompts that arrived since the last step are prefilled
+   together, in one left-padded forward (one alone is prefilled exactly as generate.py runs it; see
+   slot_cache), which also picks each one's first token;
 3. runs one forward over all active requests, one new token per row, and picks each row's next token with
-   that request's own settings and random generator.
+   that request's own settings and random generator. The output head's product is the server's own
+   (output_head): measured at start, in the layout this machine runs fastest for a batch.
 
 Requests beyond the free slots wait in a queue of bounded length; beyond that ``submit`` raises ``QueueFull``
 (the server answers 429) instead of holding more and more memory.
@@ -32,6 +34,7 @@ import torch
 
 from gptlit.core.generation import DecodingConfig, next_token
 from gptlit.core.model import GPTModel
+from gptlit.serving.output_head import OutputHead
 from gptlit.serving.slot_cache import SlotCache
 
 log = logging.getLogger(__name__)
@@ -77,10 +80,12 @@ class EngineStats:
     steps: int = 0
     tokens: int = 0
     largest_batch: int = 0  # the most rows one decoding step has run
+    largest_prefill: int = 0  # the most prompts one prefill has run together
 
 
 class Engine:
-    def __init__(self, model: GPTModel, max_batch: int = 8, max_queue: int = 32, eos_id: int | None = None):
+    def __init__(self, model: GPTModel, max_batch: int = 8, max_queue: int = 32, eos_id: int | None = None,
+                 head_block: int | None | str = "measure"):
         if max_batch < 1 or max_queue < 0:
             raise ValueError("max_batch must be >= 1 and max_queue >= 0")
         self.model = model.eval()
@@ -93,6 +98,7 @@ class Engine:
         # The tokenizer's ids: a vocabulary rounded up for speed has padding ids that are never picked.
         self.vocab = model.cfg.vocab_used or model.cfg.vocab_size
         self.cache = SlotCache(model, max_batch)
+        self.head = OutputHead(model.out_head.weight, self.vocab, rows=max_batch, block=head_block)
         self.rows: list[Request] = []  # rows[i] decodes in slot i
         self.waiting: deque[Request] = deque()
         self.stats = EngineStats()
@@ -207,17 +213,33 @@ class Engine:
         self.rows.pop()
 
     def _admit(self) -> None:
-        while True:
-            with self._wake:
-                if not self.waiting or len(self.rows) >= self.max_batch:
-                    return
+        with self._wake:
+            admitted = []
+            while self.waiting and len(self.rows) < self.max_batch:
                 request = self.waiting.popleft()
                 request.slot = len(self.rows)
                 self.rows.append(request)
+                admitted.append(request)
+        if not admitted:
+            return
+        for request in admitted:
             self._prepare(request)
+        if len(admitted) == 1:
+            # Alone, exactly as generate.py runs a prompt (see slot_cache).
+            request = admitted[0]
             idx = torch.tensor([request.prompt], dtype=torch.long, device=self.device)
-            logits = self.model(idx, cache=self.cache.prefill(request.slot))[:, -1, : self.vocab]
-            self._take(request, int(next_token(logits, request.decoding, request.generator)[0, 0]))
+            features = self.model.features(idx, cache=self.cache.prefill(request.slot))
+        else:
+            width = max(len(r.prompt) for r in admitted)
+            starts = [width - len(r.prompt) for r in admitted]
+            # Left padding with token 0: padding positions are masked out of every real token's attention.
+            idx = torch.tensor([[0] * start + r.prompt for start, r in zip(starts, admitted)], dtype=torch.long,
+                               device=self.device)
+            features = self.model.features(idx, cache=self.cache.prefill_padded(admitted[0].slot, starts))
+        self.stats.largest_prefill = max(self.stats.largest_prefill, len(admitted))
+        logits = self.head(features[:, -1])
+        for row, request in enumerate(admitted):
+            self._take(request, int(next_token(logits[row : row + 1], request.decoding, request.generator)[0, 0]))
 
     def _prepare(self, request: Request) -> None:
         s = request.sampling
@@ -235,7 +257,7 @@ class Engine:
     def _decode(self) -> None:
         n = len(self.rows)
         idx = torch.tensor([[r.last_token] for r in self.rows], dtype=torch.long, device=self.device)
-        logits = self.model(idx, cache=self.cache.decode(n))[:, -1, : self.vocab]
+        logits = self.head(self.model.features(idx, cache=self.cache.decode(n))[:, -1])
         greedy = [i for i, r in enumerate(self.rows) if r.sampling.temperature == 0]
         picked: list[int | None] = [None] * n
         if greedy:

@@ -8,6 +8,8 @@ it is: it talks to a cache through ``begin``/``layers``/``advance`` and each lay
 - A prefill pass runs one request's prompt alone, into its slot, exactly as ``KVCache`` with a batch of one
   runs it (same shapes, same strides, the causal flag instead of a mask), so a request's first token is the one
   generate.py picks.
+- A padded prefill pass runs several prompts that arrived together in one batch, left-padded like KVCache's
+  rows, then moves each slot's keys and values over its padding, so the slot looks as a lone prefill leaves it.
 - A decode pass runs one new token for each of the first ``n`` slots. Active requests are kept in slots
   0..n-1 (the engine moves the last one into a hole), so the pass reads a view of the cache, never a copy.
   Each row writes its key and value at its own position and attends, through a mask, to its own tokens only.
@@ -44,6 +46,13 @@ class SlotCache:
         """The pass that writes a prompt into ``slot`` (emptied first)."""
         self.lengths[slot] = 0
         return _PrefillPass(self, slot)
+
+    def prefill_padded(self, first: int, starts: list[int]) -> _PaddedPrefillPass:
+        """The pass that writes several prompts at once into slots ``first``, ``first + 1``, ...: row ``b`` of
+        its input is left-padded by ``starts[b]`` tokens, as gptlit.core.kv_cache pads a batch."""
+        for slot in range(first, first + len(starts)):
+            self.lengths[slot] = 0
+        return _PaddedPrefillPass(self, first, starts)
 
     def decode(self, n_rows: int) -> _DecodePass:
         """The pass that appends one token to each of slots 0..n_rows-1."""
@@ -109,6 +118,71 @@ class _PrefillLayer:
     @property
     def is_causal(self) -> bool:
         return self.owner.is_causal
+
+
+class _PaddedPrefillPass:
+    """Prompts arriving together run as one batch: one pass of matrix products with as many rows as all their
+    tokens, instead of one pass each (which, on a CPU, multiplies by few rows at a time and wastes most of each
+    product's reading of the weights). Rows are left-padded so the last position is every prompt's last token,
+    the one whose logits pick the first new token. Positions count from each row's first real token and padding
+    is masked out of real tokens' attention, as in KVCache. Once every layer has written, each slot's keys and
+    values are moved left over the padding, so the slot holds its prompt from position 0, as a lone prefill
+    leaves it."""
+
+    def __init__(self, cache: SlotCache, first: int, starts: list[int]):
+        self.cache = cache
+        self.first = first
+        self.starts = starts
+        self.layers = [_PaddedPrefillLayer(self, i) for i in range(cache.n_layers)]
+        self.mask = None
+        self.is_causal = False
+        self.width = 0
+
+    def begin(self, n_new: int) -> torch.Tensor:
+        if n_new > self.cache.capacity:
+            raise ValueError(f"a prompt of {n_new} tokens does not fit a slot of {self.cache.capacity}")
+        device = self.cache.keys.device
+        self.width = n_new
+        start = torch.tensor(self.starts, dtype=torch.long, device=device).view(-1, 1)
+        slots = torch.arange(n_new, device=device)
+        query, key = slots.view(1, -1, 1), slots.view(1, 1, -1)
+        # A padding position attends only to itself, which keeps its (unused) output finite.
+        real = key >= start.view(-1, 1, 1)
+        self.mask = ((key <= query) & real | (key == query)).unsqueeze(1)
+        return (slots.unsqueeze(0) - start).clamp_min(0)
+
+    def advance(self, n_new: int) -> None:
+        cache = self.cache
+        for row, start in enumerate(self.starts):
+            slot = self.first + row
+            if start:
+                # clone: source and target overlap
+                cache.keys[:, slot, :, : n_new - start] = cache.keys[:, slot, :, start:n_new].clone()
+                cache.values[:, slot, :, : n_new - start] = cache.values[:, slot, :, start:n_new].clone()
+            cache.lengths[slot] = n_new - start
+            cache.finite[slot] = max(cache.finite[slot], n_new)
+
+
+class _PaddedPrefillLayer:
+    def __init__(self, owner: _PaddedPrefillPass, index: int):
+        self.owner = owner
+        self.index = index
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        owner, cache = self.owner, self.owner.cache
+        rows = slice(owner.first, owner.first + keys.shape[0])
+        n = keys.shape[2]
+        cache.keys[self.index, rows, :, :n] = keys
+        cache.values[self.index, rows, :, :n] = values
+        return cache.keys[self.index, rows, :, :n], cache.values[self.index, rows, :, :n]
+
+    @property
+    def mask(self):
+        return self.owner.mask
+
+    @property
+    def is_causal(self) -> bool:
+        return False
 
 
 class _DecodePass:

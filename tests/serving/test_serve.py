@@ -476,8 +476,10 @@ def test_engine_slots_move_and_join_without_changing_tokens(one_thread):
             (encode(PROMPTS[2]), Sampling(max_tokens=25), 0),
             (encode(PROMPTS[3]), Sampling(max_tokens=30, temperature=1.2, top_k=40, seed=5), 3),
             (encode("Gisburn"), Sampling(max_tokens=12), 9)]
-    together, reasons = run_engine(Engine(model, max_batch=3, max_queue=4), jobs)
+    engine = Engine(model, max_batch=3, max_queue=4)
+    together, reasons = run_engine(engine, jobs)
     assert reasons == ["length"] * 5
+    assert engine.stats.largest_prefill == 3 and engine.stats.largest_batch == 3  # the first three ran together
     alone = [run_engine(Engine(model, max_batch=1), [(p, s, 0)])[0][0] for p, s, _ in jobs]
     assert together == alone
     assert alone[0] == reference_ids(model, PROMPTS[0], 5)
