@@ -18,6 +18,7 @@ from torch import nn
 from gptlit.errors import UserError, check_int
 from gptlit.core.device import model_device
 from gptlit.core.kv_cache import KVCache
+from gptlit.core.families import MODEL_CLASSES
 from gptlit.core.model import GPTModel
 
 
@@ -121,7 +122,7 @@ def _without_padding(logits_of: LogitsFn, used: int) -> LogitsFn:
 def _cacheable(model: nn.Module) -> GPTModel | None:
     # torch.compile wraps the module; the cache runs on the eager module underneath.
     inner = getattr(model, "_orig_mod", model)
-    return inner if isinstance(inner, GPTModel) else None
+    return inner if isinstance(inner, MODEL_CLASSES) else None
 
 
 def check_request(n_prompt: int, max_new_tokens: int, context_size: int) -> None:
@@ -220,7 +221,7 @@ def generate(
     The positional parameters are those of the book's ``generate`` (section 5.3); ``decoding`` passes a whole
     DecodingConfig (top-p included) instead of ``temperature``, ``top_k`` and ``eos_id``. ``generator`` lets a
     caller sample without touching the global random state. ``use_cache`` None uses the KV cache when the model
-    is a GPTModel; False runs the book's uncached loop, which works for any model.
+    is one of gptlit's models; False runs the book's uncached loop, which works for any model.
     """
     if decoding is None:
         decoding = DecodingConfig(temperature=temperature, top_k=top_k, eos_id=eos_id)

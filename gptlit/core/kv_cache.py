@@ -37,7 +37,7 @@ class KVCache:
         cfg = model.cfg
         weight = model.out_head.weight
         return cls(
-            cfg.n_layers, batch_size, cfg.n_heads, cfg.head_dim, capacity or cfg.context_length, weight.device, weight.dtype
+            cfg.n_layers, batch_size, cfg.kv_heads, cfg.head_dim, capacity or cfg.context_length, weight.device, weight.dtype
         )
 
     @property

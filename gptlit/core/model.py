@@ -79,6 +79,15 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Heads a KV cache stores per layer: every head's (no grouped-query attention in GPT-2)."""
+        return self.n_heads
+
+    @property
+    def family(self) -> str:
+        return "gpt2"
+
 
 class Dropout(nn.Module):
     """Dropout, with a mask that is five times cheaper to draw on a CPU.

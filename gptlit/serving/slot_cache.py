@@ -29,7 +29,7 @@ class SlotCache:
     def __init__(self, model, n_slots: int):
         """``n_slots`` slots of ``model``'s whole context each, on its device and in its dtype."""
         cfg, weight = model.cfg, model.out_head.weight
-        shape = (cfg.n_layers, n_slots, cfg.n_heads, cfg.context_length, cfg.head_dim)
+        shape = (cfg.n_layers, n_slots, cfg.kv_heads, cfg.context_length, cfg.head_dim)
         self.keys = torch.empty(shape, device=weight.device, dtype=weight.dtype)
         self.values = torch.empty(shape, device=weight.device, dtype=weight.dtype)
         self.capacity = cfg.context_length
