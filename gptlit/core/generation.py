@@ -97,9 +97,10 @@ def _uncached_logits(model: nn.Module, context_size: int) -> LogitsFn:
     return lambda idx: model(idx[:, -context_size:])[:, -1, :]
 
 
-def _cached_logits(model: GPTModel, batch_size: int, context_size: int, start: torch.Tensor) -> LogitsFn:
+def _cached_logits(model: GPTModel, batch_size: int, context_size: int, start: torch.Tensor,
+                   capacity: int) -> LogitsFn:
     """A step that runs only the newest token, attending to the cached keys and values of the others."""
-    cache = KVCache.for_model(model, batch_size, capacity=context_size)
+    cache = KVCache.for_model(model, batch_size, capacity=capacity)
 
     def logits(idx: torch.Tensor) -> torch.Tensor:
         n = idx.shape[1]
@@ -172,7 +173,10 @@ def stream(
         if context_size > cached.cfg.context_length:
             raise UserError(f"context_size {context_size} exceeds the model's context_length {cached.cfg.context_length}")
         decoding.check_vocab(cached.cfg.vocab_size)
-        logits_of = _cached_logits(cached, batch_size, context_size, start)
+        # No window is ever longer than the whole text: a 1B model's 131,072-token context would otherwise
+        # allocate gigabytes of cache for a short reply.
+        capacity = min(context_size, idx.shape[1] + max_new_tokens)
+        logits_of = _cached_logits(cached, batch_size, context_size, start, capacity)
     elif bool(start.any()):
         raise ValueError("left-padded prompts need the KV cache (use_cache=True)")
     else:
