@@ -95,13 +95,15 @@ def is_fsdp(strategy) -> bool:
 
 
 def apply_tokenizer(cfg: DictConfig) -> None:
-    """Make the model's vocabulary the tokenizer's: with a trained tokenizer, model.vocab_size becomes its size
-    rounded up to tokenizer.pad_vocab_to (model.vocab_used the size itself) and the model records the tokenizer's
-    fingerprint. GPT-2's BPE leaves the model group's 50257 (the book's) as it is."""
+    """Make the model's vocabulary the tokenizer's: model.vocab_size becomes its size rounded up to
+    tokenizer.pad_vocab_to (model.vocab_used the size itself) and the model records the tokenizer's fingerprint.
+    GPT-2's models with GPT-2's BPE keep the model group's 50257 (the book's) as it is; Llama 3 and Qwen3 groups
+    name their own tokenizer's size (128,256, 151,936), which a model trained from scratch with another does not
+    use."""
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     with open_dict(cfg):
         cfg.model.tokenizer = tokenizer.fingerprint
-        if cfg.tokenizer.path is None:
+        if cfg.tokenizer.path is None and cfg.model.get("family", "gpt2") == "gpt2":
             return
         pad = cfg.tokenizer.get("pad_vocab_to") or 1
         check_int("tokenizer.pad_vocab_to", pad)

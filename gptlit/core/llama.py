@@ -112,7 +112,7 @@ class LlamaConfig:
 
 def rope_frequencies(cfg: LlamaConfig) -> torch.Tensor:
     """RoPE's angular frequency of each pair of a head's dimensions [head_dim / 2], with Llama 3's scaling."""
-    half = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim
+    half = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32, device="cpu") / cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_base ** half)
     scaling = cfg.rope_scaling
     if scaling is None:
@@ -132,7 +132,9 @@ def rope_frequencies(cfg: LlamaConfig) -> torch.Tensor:
 def rope_tables(cfg: LlamaConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of every position's angles [context_length, head_dim], each half repeated (the layout that
     rotates the first half of a head against the second, as Llama's and Qwen's Hugging Face weights expect)."""
-    angles = torch.arange(cfg.context_length, dtype=torch.float32).unsqueeze(1) * rope_frequencies(cfg)
+    # On the CPU always, also when the model is built on the meta device to receive loaded weights: the tables
+    # are not among the weights, so they must be real numbers (model.to(device) moves them).
+    angles = torch.arange(cfg.context_length, dtype=torch.float32, device="cpu").unsqueeze(1) * rope_frequencies(cfg)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 

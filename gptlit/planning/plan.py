@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from gptlit.core.device import synchronize
-from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.core.families import ModelConfig, build_model
 from gptlit.files import human_bytes
 from gptlit.planning.flops import matmul_parameters, step_peak_flops, training_flops_per_token
 
@@ -48,18 +48,23 @@ ADAMW_STATE_BYTES = 8
 GPU_USABLE = 0.9
 
 
-def parameter_count(cfg: GPTConfig) -> int:
-    """Every parameter of GPTModel, from the config alone: the matmul weights plus the two embedding tables."""
-    return matmul_parameters(cfg) + (cfg.vocab_size + cfg.context_length) * cfg.emb_dim
+def parameter_count(cfg: ModelConfig) -> int:
+    """Every parameter of the model, from the config alone: the matmul weights plus the embedding tables (GPT-2's
+    tokens and positions; Llama 3's and Qwen3's tokens, none apart where the head is the embedding)."""
+    if cfg.family == "gpt2":
+        return matmul_parameters(cfg) + (cfg.vocab_size + cfg.context_length) * cfg.emb_dim
+    return matmul_parameters(cfg) + (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.emb_dim)
 
 
-def math_attention(cfg: GPTConfig, device_type: str) -> bool:
+def math_attention(cfg: ModelConfig, device_type: str) -> bool:
     """Whether attention keeps its weights for the backward pass (see the module docstring)."""
     return cfg.book_kernels or (device_type == "cpu" and cfg.drop_rate > 0)
 
 
-def activation_bytes_per_token(cfg: GPTConfig, device_type: str, seq_len: int | None = None) -> float:
+def activation_bytes_per_token(cfg: ModelConfig, device_type: str, seq_len: int | None = None) -> float:
     seq_len = seq_len or cfg.context_length
+    if cfg.family != "gpt2":
+        return _llama_activation_bytes_per_token(cfg, seq_len)
     d = cfg.emb_dim
     # A dropout mask is a float per element with torch's CPU dropout (the book's kernels), a byte elsewhere.
     mask = 1.0 if cfg.book_kernels and device_type == "cpu" else 0.25
@@ -70,6 +75,29 @@ def activation_bytes_per_token(cfg: GPTConfig, device_type: str, seq_len: int | 
         # The written-out GELU keeps three more 4d tensors, each written-out LayerNorm two more d tensors.
         block += 16 * d
         once += 2 * d
+    backward_peak = 2 * cfg.vocab_size
+    return FP32_BYTES * (cfg.n_layers * block + once + backward_peak)
+
+
+def _llama_activation_bytes_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Llama 3 / Qwen3, per token, as autograd's saved-tensor hooks count it (tests/planning/test_plan.py).
+
+    Per block: 6 * emb_dim (the block's input, the two RMSNorms' inputs and outputs, the residual sum),
+    2 * (n_heads + n_kv_groups) * head_dim (rotated queries and keys, values, attention output, the heads merged
+    again), 4 * hidden_dim (the SwiGLU's two projections, its gate and product) and n_heads + 2 (attention's
+    log-sum-exp, the norms' reciprocal RMS); Qwen3's QK-norm keeps 3 query-widths and 2 key-widths more and its
+    own reciprocal RMS. Once: the logits' log-softmax (vocab_size), the embedding and final norm (3 * emb_dim),
+    the ids. With dropout (off in both families' recipes) attention falls back to the explicit softmax on a CPU,
+    keeping about 3 * n_heads * seq_len and 3 query-widths more per block: an estimate, within a few percent.
+    """
+    d, q, kv = cfg.emb_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_groups * cfg.head_dim
+    block = 6 * d + 2 * q + 2 * kv + 4 * cfg.hidden_dim + cfg.n_heads + 2
+    if cfg.qk_norm:
+        block += 3 * q + 2 * kv + cfg.n_heads + cfg.n_kv_groups
+    once = cfg.vocab_size + 3 * d + 3
+    if cfg.drop_rate > 0:
+        block += 3 * cfg.n_heads * seq_len + 3 * q
+        once += d
     backward_peak = 2 * cfg.vocab_size
     return FP32_BYTES * (cfg.n_layers * block + once + backward_peak)
 
@@ -87,7 +115,7 @@ class MemoryPlan:
         return self.weights + self.gradients + self.optimizer + self.activations + self.baseline
 
 
-def plan_memory(cfg: GPTConfig, micro_batch: int, seq_len: int, device_type: str, baseline: int = 0) -> MemoryPlan:
+def plan_memory(cfg: ModelConfig, micro_batch: int, seq_len: int, device_type: str, baseline: int = 0) -> MemoryPlan:
     n = parameter_count(cfg)
     return MemoryPlan(
         weights=n * FP32_BYTES,
@@ -98,7 +126,7 @@ def plan_memory(cfg: GPTConfig, micro_batch: int, seq_len: int, device_type: str
     )
 
 
-def largest_micro_batch(cfg: GPTConfig, seq_len: int, device_type: str, capacity: int) -> int:
+def largest_micro_batch(cfg: ModelConfig, seq_len: int, device_type: str, capacity: int) -> int:
     """The largest micro-batch whose predicted peak fits ``capacity`` bytes (GPU_USABLE of it); 0 if none."""
     fixed = plan_memory(cfg, 0, seq_len, device_type)
     per_sample = activation_bytes_per_token(cfg, device_type, seq_len) * seq_len
@@ -110,12 +138,12 @@ def process_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def time_steps(run: RunShape, cfg: GPTConfig, steps: int = 3) -> float:
+def time_steps(run: RunShape, cfg: ModelConfig, steps: int = 3) -> float:
     """Median seconds of a real training step (forward, backward, optimizer) of a model of ``cfg`` (the run's
     model, or fewer of its blocks) on the run's micro-batch, device and precision."""
     device = run.device
     generator = torch.Generator().manual_seed(0)  # the global generator is the run's, not the probe's
-    model = GPTModel(cfg).to(device).train()
+    model = build_model(cfg).to(device).train()
     optimizer = run.optimizer_factory(model.parameters())
     tokens = torch.randint(0, cfg.vocab_size, (run.micro_batch, cfg.context_length + 1), generator=generator).to(device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
@@ -176,7 +204,7 @@ def probe_step(run: RunShape, fits: bool) -> StepProbe:
 
 @dataclass
 class RunPlan:
-    config: GPTConfig
+    config: ModelConfig
     parameters: int
     micro_batch: int
     seq_len: int
@@ -223,7 +251,7 @@ class RunPlan:
 class RunShape:
     """What the config says of a run, as plan_run needs it: the model, its batch and devices, its length."""
 
-    config: GPTConfig
+    config: ModelConfig
     micro_batch: int
     devices: int
     accumulation: int

@@ -10,6 +10,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from gptlit.core.families import build_model
 from gptlit.core.model import GPTModel, same_tensor
 from gptlit.training.module import GPTLitModule
 
@@ -31,7 +32,7 @@ def full_model(trainer: L.Trainer, pl_module: GPTLitModule) -> GPTModel | None:
     # Built on the meta device and given the gathered tensors: no random initial weights drawn (the global
     # generator drives training's dropout) and no second copy of the weights made.
     with torch.device("meta"):
-        copy = GPTModel(model.cfg)
+        copy = build_model(model.cfg)
     copy.load_state_dict(state, assign=True)
     if torch.equal(state["out_head.weight"], state["tok_emb.weight"]):
         copy.out_head.weight = copy.tok_emb.weight  # the gather copies a tied weight under each name

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.core.families import ModelConfig, build_model, model_config
 from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError
 from gptlit.training.nonfinite import NonFiniteGuard
@@ -39,7 +39,7 @@ class GPTLitModule(L.LightningModule):
 
     def __init__(
         self,
-        model: GPTConfig | Mapping[str, Any],
+        model: ModelConfig | Mapping[str, Any],
         optimizer: OptimizerFactory | None = None,
         init_from: str | None = None,
         on_nonfinite: str = "stop",
@@ -62,8 +62,8 @@ class GPTLitModule(L.LightningModule):
         The book's evaluation schedule is a callback, gptlit.book.schedule.BookSchedule."""
         super().__init__()
         self.nonfinite = NonFiniteGuard(on_nonfinite)
-        config = GPTConfig.from_any(model)
-        self.model = init_model(config, init_from) if init_from else GPTModel(config)
+        config = model_config(model)
+        self.model = init_model(config, init_from) if init_from else build_model(config)
         # Plain types only, so checkpoints load with torch.load(weights_only=True) and carry the model config
         # (the model's: init_from may have set qkv_bias).
         self.save_hyperparameters({"model": self.model.cfg.to_dict()})
@@ -81,7 +81,7 @@ class GPTLitModule(L.LightningModule):
         self._rng_states: dict[str, Any] | None = None
 
     @property
-    def config(self) -> GPTConfig:
+    def config(self) -> ModelConfig:
         return self.model.cfg
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from gptlit.weights import gpt2
 from gptlit.errors import UserError
 from gptlit.files import atomic_path, atomic_write
+from gptlit.core.families import ModelConfig, model_config
 from gptlit.core.model import GPTConfig, GPTModel, same_tensor
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ def model_sizes(folder: Path = MODEL_CONFIG_DIR) -> dict[str, dict[str, int]]:
     sizes = {}
     for path in sorted(folder.glob("*.yaml")):
         config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if all(isinstance(config.get(k), int) for k in SIZE_KEYS):
+        # GPT-2's sizes only: a state dict without a config (the book's model.pth) is always GPT-2's.
+        if config.get("family", "gpt2") == "gpt2" and all(isinstance(config.get(k), int) for k in SIZE_KEYS):
             sizes[path.stem] = {k: config[k] for k in SIZE_KEYS}
     return sizes
 GPT2_VOCAB_SIZE = 50257
@@ -133,9 +135,9 @@ def tensors_crc32(state: Mapping[str, torch.Tensor]) -> str:
     return f"{crc:08x}"
 
 
-def _stored_config(stored: Any, source: str) -> GPTConfig:
+def _stored_config(stored: Any, source: str) -> ModelConfig:
     try:
-        return GPTConfig.from_any(json.loads(stored) if isinstance(stored, str) else stored)
+        return model_config(json.loads(stored) if isinstance(stored, str) else stored)
     except (ValueError, TypeError) as err:  # UserError and json's JSONDecodeError are ValueErrors
         raise UserError(f"{source} holds a damaged model config ({str(err).splitlines()[0][:160]})") from None
 
@@ -307,7 +309,10 @@ def check_same_config(config: GPTConfig, weights: Weights) -> None:
     stored = weights.config
     if stored is None:
         return
-    keys = [f.name for f in fields(GPTConfig) if f.name not in RESUME_MAY_CHANGE
+    if type(stored) is not type(config):
+        raise UserError(f"{weights.source} holds a {stored.family} model, this run asks for {config.family}; a resume "
+                        f"continues the same model: pass the model= it was trained with")
+    keys = [f.name for f in fields(config) if f.name not in RESUME_MAY_CHANGE
             and getattr(stored, f.name) != getattr(config, f.name)]
     if keys:
         trained = " ".join(_override(k, getattr(stored, k)) for k in keys)

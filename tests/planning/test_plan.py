@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gptlit.core.families import build_model
+from gptlit.core.llama import LlamaConfig
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.planning.plan import (
     FP32_BYTES,
@@ -29,9 +31,9 @@ from gptlit.planning import plan as plan_module
 from ..conftest import ROOT, TINY_CFG, find_verdict
 
 
-def saved_activation_bytes(cfg: GPTConfig, batch: int) -> int:
+def saved_activation_bytes(cfg, batch: int) -> int:
     """Bytes autograd keeps for the backward pass of one training forward and loss, parameters left out."""
-    model = GPTModel(cfg).train()
+    model = build_model(cfg).train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 
@@ -66,9 +68,44 @@ def test_activation_formula_matches_what_autograd_saves(changes):
     assert saved == pytest.approx(saved_activation_bytes(cfg, batch), rel=0.05)
 
 
-@pytest.mark.parametrize("cfg", [GPTConfig(emb_dim=64, n_heads=4, n_layers=3, context_length=48), GPTConfig(qkv_bias=True, emb_dim=32, n_heads=2, n_layers=1)])
+LLAMA = {"family": "llama3", "vocab_size": 1000, "context_length": 32, "emb_dim": 64, "n_heads": 4, "n_kv_groups": 2,
+         "n_layers": 2, "hidden_dim": 96}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"hidden_dim": 160, "n_layers": 3},
+        {"n_kv_groups": 4},
+        {"n_heads": 8, "context_length": 64},
+        {"family": "qwen3", "qk_norm": True, "head_dim": 32},
+        {"family": "qwen3", "qk_norm": True, "n_kv_groups": 1, "emb_dim": 128},
+        {"drop_rate": 0.1},  # dropout: SDPA falls back to the explicit softmax on a CPU; the formula estimates it
+        {"drop_rate": 0.1, "n_heads": 8, "family": "qwen3", "qk_norm": True},
+    ],
+)
+def test_llama_activation_formula_matches_what_autograd_saves(changes):
+    cfg = LlamaConfig(**{**LLAMA, **changes})
+    batch = 3
+    predicted = activation_bytes_per_token(cfg, "cpu") * batch * cfg.context_length
+    saved = predicted - 2 * cfg.vocab_size * FP32_BYTES * batch * cfg.context_length
+    # Logits dominate tiny models, so the blocks' share is checked on its own too: the difference of two depths.
+    deeper = LlamaConfig(**{**LLAMA, **changes, "n_layers": cfg.n_layers + 1})
+    block_predicted = (activation_bytes_per_token(deeper, "cpu") - activation_bytes_per_token(cfg, "cpu")) * batch * cfg.context_length
+    block_saved = saved_activation_bytes(deeper, batch) - saved_activation_bytes(cfg, batch)
+    tolerance = 0.08 if cfg.drop_rate else 0.01
+    assert saved == pytest.approx(saved_activation_bytes(cfg, batch), rel=0.05)
+    assert block_predicted == pytest.approx(block_saved, rel=tolerance)
+
+
+@pytest.mark.parametrize("cfg", [GPTConfig(emb_dim=64, n_heads=4, n_layers=3, context_length=48),
+                                 GPTConfig(qkv_bias=True, emb_dim=32, n_heads=2, n_layers=1),
+                                 LlamaConfig(**LLAMA), LlamaConfig(**{**LLAMA, "tie_embeddings": False}),
+                                 LlamaConfig(**{**LLAMA, "family": "qwen3", "qk_norm": True, "head_dim": 32})],
+                         ids=["gpt2", "gpt2-bias", "llama3", "llama3-untied", "qwen3"])
 def test_parameter_count_is_the_models(cfg):
-    assert parameter_count(cfg) == sum(p.numel() for p in GPTModel(cfg).parameters())
+    assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
 
 
 def test_memory_split_of_gpt2_124m():

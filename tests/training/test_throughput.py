@@ -33,6 +33,23 @@ def test_gpt124m_flops_per_token():
     assert training_flops_per_token(cfg, seq_len=256) == 6 * n + 12 * 12 * 256 * 768
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama_matmul_parameters_and_flops(tied):
+    from gptlit.core.llama import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(family="qwen3", vocab_size=500, context_length=32, emb_dim=64, n_heads=4, n_kv_groups=2,
+                      n_layers=2, hidden_dim=96, head_dim=32, qk_norm=True, tie_embeddings=tied)
+    model = LlamaModel(cfg)
+    # Every parameter but the embedding lookup; a tied head is that same tensor, counted once, as a matmul.
+    n = sum(p.numel() for p in model.parameters()) - (0 if tied else model.tok_emb.weight.numel())
+    assert matmul_parameters(cfg) == n
+    assert training_flops_per_token(cfg) == 6 * n + 12 * 2 * 32 * 4 * 32  # attention over 4 heads of 32
+    # The probe's shapes hold every weight matrix of the forward pass once.
+    shapes = step_matmul_shapes(cfg, tokens=1)
+    matrices = sum(p.numel() for name, p in model.named_parameters() if p.ndim == 2 and "tok_emb" not in name)
+    assert sum(k * n_ * count for _, k, n_, count in shapes) == matrices + (500 * 64 if tied else 0)
+
+
 def test_matmul_rate_is_measured():
     assert measure_matmul_flops("cpu", torch.float32, size=128, repeats=2) > 0
 
