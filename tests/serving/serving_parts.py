@@ -94,3 +94,28 @@ class Server:
 def run_cli(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def run_engine(engine, jobs):
+    """Submit (prompt ids, Sampling, step to submit at) jobs, step the engine until all are done; each job's
+    tokens and finish reason."""
+    out = [[] for _ in jobs]
+    reasons = [None] * len(jobs)
+
+    def listener(i):
+        def on(kind, value):
+            if kind == "token":
+                out[i].append(value)
+            else:
+                reasons[i] = value
+        return on
+
+    step = 0
+    with torch.inference_mode():
+        while any(r is None for r in reasons):
+            for i, (prompt, sampling, at) in enumerate(jobs):
+                if at == step:
+                    engine.submit(prompt, sampling, listener(i))
+            engine.step()
+            step += 1
+    return out, reasons

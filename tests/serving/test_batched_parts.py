@@ -58,3 +58,31 @@ def test_output_head_measures_its_layout():
     model = tiny_model(seed=2)
     head = OutputHead(model.out_head.weight, 50257, rows=4)
     assert head.block in CANDIDATE_BLOCKS
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen3"])
+def test_the_engine_serves_llama_and_qwen3_batched_as_alone(family):
+    """Grouped-query attention in the slot cache (2 key/value heads for 4 query heads), rotary positions per row:
+    requests decoded together get their lone tokens, and alone generate.py's."""
+    from gptlit.core.generation import generate
+    from gptlit.core.llama import LlamaConfig, LlamaModel
+    from gptlit.serving.engine import Engine, Sampling
+    from tests.serving.serving_parts import run_engine
+
+    torch.manual_seed(4)
+    settings = {"qk_norm": True, "head_dim": 16} if family == "qwen3" else {}
+    model = LlamaModel(LlamaConfig(family=family, vocab_size=50257, context_length=64, emb_dim=32, n_heads=4,
+                                   n_kv_groups=2, n_layers=2, hidden_dim=64, **settings)).eval()
+    with torch.no_grad():  # weights far from their small initial values, so that the tokens vary
+        for p in model.parameters():
+            p.mul_(8)
+    jobs = [(prompt, Sampling(max_tokens=n), at) for prompt, n, at in
+            [(PROMPTS[0], 10, 0), (PROMPTS[1], 14, 0), (PROMPTS[2], 6, 2)]]
+    engine = Engine(model, max_batch=3)
+    together, _ = run_engine(engine, jobs)
+    assert engine.stats.largest_prefill == 2 and engine.stats.largest_batch == 3
+    alone = [run_engine(Engine(model, max_batch=1), [(p, s, 0)])[0][0] for p, s, _ in jobs]
+    assert together == alone and len(set(map(tuple, alone))) == 3
+    for (prompt, sampling, _), tokens in zip(jobs, alone):
+        reference = generate(model, torch.tensor([prompt]), sampling.max_tokens, 64)[0, len(prompt):].tolist()
+        assert tokens == reference

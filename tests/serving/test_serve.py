@@ -18,7 +18,7 @@ from gptlit.serving.chat_template import ChatTemplate
 from gptlit.serving.stops import TextStream
 from gptlit.weights.io import save_book_pth, save_safetensors
 from tests.conftest import tiny_hf_gpt2
-from tests.serving.serving_parts import API_KEY, Server, run_cli, save_lightning_ckpt, tiny_model
+from tests.serving.serving_parts import API_KEY, Server, run_cli, run_engine, save_lightning_ckpt, tiny_model
 from tests.test_layout import imported_frameworks
 
 PROMPT = "Every effort moves you"
@@ -438,31 +438,6 @@ def test_sse_lines_are_openai_chunks(server):
 
 
 # The engine and its parts, in process ---------------------------------------------------------------------
-
-
-def run_engine(engine, jobs):
-    """Submit (prompt ids, Sampling, step to submit at) jobs, step the engine until all are done; each job's
-    tokens and finish reason."""
-    out = [[] for _ in jobs]
-    reasons = [None] * len(jobs)
-
-    def listener(i):
-        def on(kind, value):
-            if kind == "token":
-                out[i].append(value)
-            else:
-                reasons[i] = value
-        return on
-
-    step = 0
-    with torch.inference_mode():
-        while any(r is None for r in reasons):
-            for i, (prompt, sampling, at) in enumerate(jobs):
-                if at == step:
-                    engine.submit(prompt, sampling, listener(i))
-            engine.step()
-            step += 1
-    return out, reasons
 
 
 def test_engine_slots_move_and_join_without_changing_tokens(one_thread):

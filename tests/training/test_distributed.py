@@ -120,12 +120,14 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert max_weight_diff(final_weights(half_dir), one_weights) > 1e-2
 
 
-@pytest.mark.parametrize("model", ["gpt774m", "gpt1558m"])
+@pytest.mark.parametrize("model", ["gpt774m", "gpt1558m", "llama3_2_1b", "qwen3_0_6b"])
 def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
     from hydra.utils import instantiate
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from gptlit.core.model import GPTConfig, GPTModel, TransformerBlock
+    from gptlit.core import llama
+    from gptlit.core.families import build_model, model_config
+    from gptlit.core.model import TransformerBlock
 
     cfg = compose_config(f"model={model}", "trainer=fsdp", "trainer.num_nodes=2", "run_dir=.")
     strategy = instantiate(cfg.trainer.strategy)
@@ -134,9 +136,10 @@ def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
     # The policies pick exactly the model's transformer blocks (a model of the same depth, narrower, to
     # keep the test small).
     full = instantiate(cfg.model)
-    config = GPTConfig.from_any({**full.to_dict(), "emb_dim": 2 * full.n_heads, "vocab_size": 10})
-    gpt = GPTModel(config)
-    blocks = {m for m in gpt.modules() if isinstance(m, TransformerBlock)}
+    narrow = {"emb_dim": 2 * full.n_heads, "vocab_size": 10, "hidden_dim": 8, "head_dim": 2, "context_length": 8}
+    config = model_config({**full.to_dict(), **narrow})
+    gpt = build_model(config)
+    blocks = {m for m in gpt.modules() if isinstance(m, (TransformerBlock, llama.TransformerBlock))}
     assert len(blocks) == config.n_layers
     checkpointing = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
     for policy in (strategy.kwargs["auto_wrap_policy"], checkpointing):
