@@ -16,6 +16,7 @@ TABLE_LINES = {
     "book_ch5.py": "Training completed in",
     "book_appendix_d.py": "Training completed in",
     "data_pipeline.py": "| corpus | files | tokens | tokenize |",
+    "families_throughput.py": "| model | family | parameters | GFLOP/token |",
     "generation.py": "gptlit fp32 tokens identical to the book's: True",
     "profile_step.py": "total (operator self time)",
     "train_throughput.py": "Lightning step vs plain loop:",
