@@ -313,8 +313,12 @@ def human_seconds(s: float) -> str:
 
 def describe(plan: RunPlan) -> str:
     cfg, mem = plan.config, plan.memory
+    family, heads = "", f"{cfg.n_heads} heads"
+    if cfg.family != "gpt2":
+        family = {"llama3": "Llama 3, ", "qwen3": "Qwen3, "}[cfg.family]
+        heads = f"{cfg.n_heads} heads sharing {cfg.n_kv_groups} key/value heads"
     lines = [
-        f"model        {plan.parameters:,} parameters (emb_dim {cfg.emb_dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
+        f"model        {plan.parameters:,} parameters ({family}emb_dim {cfg.emb_dim}, {cfg.n_layers} layers, {heads}, "
         f"vocab {cfg.vocab_size}), context {plan.seq_len}",
         f"batch        micro-batch {plan.micro_batch} x {plan.devices} device(s) x {plan.accumulation} accumulation = "
         f"{plan.tokens_per_step:,} tokens per optimizer step",
