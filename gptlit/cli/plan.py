@@ -76,6 +76,7 @@ def plan(cfg: DictConfig) -> str:
         precision=precision, autocast_dtype=precision_dtype(precision) if precision.endswith("-mixed") else None,
         optimizer_factory=instantiate(cfg.optimizer), steps=steps, steps_per_epoch=steps_per_epoch, budget=budget,
         baseline=baseline, evaluations=evaluations, eval_batches=eval_batches,
+        muon=cfg.optimizer.get("_target_") == "gptlit.training.muon.MuonAdamW",
     ))
     return describe(run)
 

@@ -115,12 +115,31 @@ class MemoryPlan:
         return self.weights + self.gradients + self.optimizer + self.activations + self.baseline
 
 
-def plan_memory(cfg: ModelConfig, micro_batch: int, seq_len: int, device_type: str, baseline: int = 0) -> MemoryPlan:
+def block_matrix_parameters(cfg: ModelConfig) -> int:
+    """The transformer blocks' weight matrices, which optimizer=muon gives to Muon."""
+    d = cfg.emb_dim
+    if cfg.family == "gpt2":
+        return cfg.n_layers * 12 * d * d
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_groups * cfg.head_dim
+    return cfg.n_layers * (2 * d * q + 2 * d * kv + 3 * d * cfg.hidden_dim)
+
+
+def optimizer_state_bytes(cfg: ModelConfig, muon: bool = False) -> int:
+    """AdamW keeps two fp32 moments per parameter; Muon one momentum buffer per matrix element."""
+    n = parameter_count(cfg)
+    if not muon:
+        return n * ADAMW_STATE_BYTES
+    matrices = block_matrix_parameters(cfg)
+    return matrices * FP32_BYTES + (n - matrices) * ADAMW_STATE_BYTES
+
+
+def plan_memory(cfg: ModelConfig, micro_batch: int, seq_len: int, device_type: str, baseline: int = 0,
+                muon: bool = False) -> MemoryPlan:
     n = parameter_count(cfg)
     return MemoryPlan(
         weights=n * FP32_BYTES,
         gradients=n * FP32_BYTES,
-        optimizer=n * ADAMW_STATE_BYTES,
+        optimizer=optimizer_state_bytes(cfg, muon),
         activations=int(activation_bytes_per_token(cfg, device_type, seq_len) * micro_batch * seq_len),
         baseline=baseline,
     )
@@ -144,7 +163,7 @@ def time_steps(run: RunShape, cfg: ModelConfig, steps: int = 3) -> float:
     device = run.device
     generator = torch.Generator().manual_seed(0)  # the global generator is the run's, not the probe's
     model = build_model(cfg).to(device).train()
-    optimizer = run.optimizer_factory(model.parameters())
+    optimizer = run.optimizer_factory(model)  # given the model, as training gives it (decay rules, Muon's split)
     tokens = torch.randint(0, cfg.vocab_size, (run.micro_batch, cfg.context_length + 1), generator=generator).to(device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     autocast = torch.autocast(device.type, dtype=run.autocast_dtype) if run.autocast_dtype else nullcontext()
@@ -223,6 +242,7 @@ class RunPlan:
     evaluations: int | None = None  # how many evaluations the run makes, when known
     eval_batches: int = 0  # micro-batches of both splits per evaluation, each rank's share
     available: int = 0  # bytes the device had free when planned (0: unknown)
+    muon: bool = False  # optimizer=muon
 
     @property
     def tokens_per_step(self) -> int:
@@ -265,6 +285,7 @@ class RunShape:
     baseline: int  # the process's own memory before the run allocates anything
     evaluations: int | None = None
     eval_batches: int = 0
+    muon: bool = False  # optimizer=muon: Muon's one buffer per matrix element instead of AdamW's two moments
 
 
 def plan_run(run: RunShape) -> RunPlan:
@@ -275,7 +296,8 @@ def plan_run(run: RunShape) -> RunPlan:
     largest = None
     if device.type == "cuda":
         largest = largest_micro_batch(cfg, seq_len, "cuda", torch.cuda.get_device_properties(device).total_memory)
-    memory = plan_memory(cfg, micro_batch, seq_len, device.type, run.baseline if device.type == "cpu" else 0)
+    memory = plan_memory(cfg, micro_batch, seq_len, device.type, run.baseline if device.type == "cpu" else 0,
+                         run.muon)
     available = available_memory(device)
     fits = memory.peak - memory.baseline < 0.8 * available
     return RunPlan(
@@ -298,6 +320,7 @@ def plan_run(run: RunShape) -> RunPlan:
         evaluations=run.evaluations,
         eval_batches=run.eval_batches,
         available=available,
+        muon=run.muon,
     )
 
 
@@ -327,7 +350,8 @@ def describe(plan: RunPlan) -> str:
         f"memory       per device, {plan.precision}:",
         f"  weights      {human_bytes(mem.weights):>10}",
         f"  gradients    {human_bytes(mem.gradients):>10}",
-        f"  AdamW state  {human_bytes(mem.optimizer):>10}",
+        f"  {'optimizer' if plan.muon else 'AdamW state':<11}  {human_bytes(mem.optimizer):>10}"
+        + ("  (Muon's momentum for the blocks' matrices, AdamW's moments for the rest)" if plan.muon else ""),
         f"  activations  {human_bytes(mem.activations):>10}  (one micro-batch of {plan.micro_batch})",
     ]
     if mem.baseline:

@@ -151,6 +151,11 @@ class GPTLitModule(L.LightningModule):
         # The rate this step uses, whether a scheduler set it or not; float64, so the logged rate is exact.
         rate = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float64)
         self.log("train/lr", rate, on_step=True, on_epoch=False, batch_size=1)
+        # Optimizers of several parts (optimizer=muon: its matrices, AdamW's other parameters) log each part's.
+        for group in optimizer.param_groups:
+            if "name" in group:
+                self.log(f"train/lr_{group['name']}", torch.tensor(group["lr"], dtype=torch.float64), on_step=True,
+                         on_epoch=False, batch_size=1)
         self.nonfinite.before_optimizer_step(optimizer)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:

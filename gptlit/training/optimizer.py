@@ -21,6 +21,12 @@ DECAY_CHOICES = {
 }
 
 
+def check_rate(key: str, value: object, positive: bool) -> None:
+    """A learning rate (positive) or a weight decay (non-negative), as a one-line error naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        raise UserError(f"{key} must be {'a positive' if positive else 'a non-negative'} number, got {value!r}")
+
+
 def decayed(module: nn.Module, name: str, decay: str) -> bool:
     if decay == "all":
         return True
@@ -32,11 +38,13 @@ def decayed(module: nn.Module, name: str, decay: str) -> bool:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay: str) -> list[dict]:
-    """Two groups, decayed and not, each in the model's parameter order."""
+    """Two groups, decayed and not, each in the model's parameter order, each parameter in one of them: a head
+    tied to the token embedding is one tensor, which counts as the embedding (the name it is met under first)."""
     with_decay, without = [], []
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            (with_decay if decayed(module, name, decay) else without).append(param)
+    for full_name, param in model.named_parameters():  # a shared tensor is yielded once
+        owner, _, name = full_name.rpartition(".")
+        module = model.get_submodule(owner) if owner else model
+        (with_decay if decayed(module, name, decay) else without).append(param)
     groups = [{"params": with_decay, "weight_decay": weight_decay}, {"params": without, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
@@ -56,9 +64,8 @@ class AdamW(torch.optim.AdamW):
         decay: str = "all",
         **kwargs,
     ):
-        for key, value, least in (("lr", lr, "a positive"), ("weight_decay", weight_decay, "a non-negative")):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "lr" and value == 0):
-                raise UserError(f"optimizer.{key} must be {least} number, got {value!r}")
+        check_rate("optimizer.lr", lr, positive=True)
+        check_rate("optimizer.weight_decay", weight_decay, positive=False)
         if decay not in DECAY_CHOICES:
             choices = "; ".join(f"{k}: {v}" for k, v in DECAY_CHOICES.items())
             raise UserError(f"optimizer.decay must be one of all, matrices, ndim2 ({choices}), got {decay!r}")

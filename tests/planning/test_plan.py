@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from gptlit.core.families import build_model
 from gptlit.core.llama import LlamaConfig
-from gptlit.core.model import GPTConfig, GPTModel
+from gptlit.core.model import GPTConfig
 from gptlit.planning.plan import (
     FP32_BYTES,
     activation_bytes_per_token,
@@ -185,7 +185,7 @@ def test_plan_says_when_the_run_does_not_fit(monkeypatch):
     monkeypatch.setattr(plan_module, "available_memory", lambda device: 10**6)
     shape = RunShape(config=GPTConfig(**TINY_CFG), micro_batch=2, devices=1, accumulation=1,
                      device=torch.device("cpu"), precision="32-true", autocast_dtype=None,
-                     optimizer_factory=lambda params: torch.optim.AdamW(params), steps=3, steps_per_epoch=3,
+                     optimizer_factory=lambda model: torch.optim.AdamW(model.parameters()), steps=3, steps_per_epoch=3,
                      budget="max_steps", baseline=0)
     text = describe(plan_run(shape))
     assert "DOES NOT FIT: cpu has 1.00 MB free; lower data.batch_size" in text
