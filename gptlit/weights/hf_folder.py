@@ -39,10 +39,11 @@ def is_hub_id(source: str) -> bool:
 
 def download(repo_id: str) -> Path:
     """The local folder of hub repository ``repo_id``: downloaded (the model and tokenizer files only) when the hub
-    is reachable, else what the hub's cache already holds; anything else is one line saying so."""
-    from huggingface_hub import snapshot_download
+    is reachable and HF_HUB_OFFLINE is not set, else what the hub's cache already holds; anything else is one line
+    saying so."""
+    from huggingface_hub import constants, snapshot_download
 
-    online = hub.reachable()
+    online = not constants.HF_HUB_OFFLINE and hub.reachable()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=DOWNLOADED, local_files_only=not online))
     except Exception as err:  # the hub client raises many kinds (HTTP, gated repositories, cache misses)

@@ -233,6 +233,9 @@ def _read_model_folder(source: str) -> Weights:
     elif source not in gpt2.GPT2_REPOS and hf_folder.is_hub_id(source):
         folder = hf_folder.download(source)
     hf = hf_folder.read_config(folder) if folder is not None else None
+    if hf is not None and hf.get("model_type") not in ("gpt2", *hf_llama.MODEL_TYPES):
+        raise UserError(f"{folder} holds a {hf.get('model_type')!r} model; gptlit runs GPT-2, Llama 3 and Qwen3 "
+                        f"(config.json's model_type gpt2, {', '.join(hf_llama.MODEL_TYPES)})")
     if hf is not None and hf.get("model_type") in hf_llama.MODEL_TYPES:
         config, state = hf_llama.read_llama(folder, hf)
         return Weights(state, config, source, tokenizer=_own_tokenizer(folder, config))
