@@ -326,6 +326,8 @@ class HubTokenizer(Tokenizer):
         if token_id in self.added:
             return self.added[token_id].encode("utf-8")
         token = self.backend.id_to_token(token_id)
+        if token is None and 0 <= token_id < self.n_vocab:
+            return b""  # an id the file leaves unused between others: no text
         if token is None:
             raise ValueError(f"token id {token_id} is outside {self.name}'s vocabulary of {self.n_vocab}")
         decoder = _byte_decoder()

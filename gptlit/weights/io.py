@@ -398,12 +398,15 @@ def assign_weights(config: LlamaConfig, weights: Weights, dtype: torch.dtype | N
     with torch.device("meta"):
         model = LlamaModel(config)
     check_fits(model, weights)
-    state = {name: tensor if dtype is None else tensor.to(dtype) for name, tensor in weights.state.items()}
-    tied = same_tensor(weights.state["out_head.weight"], weights.state["tok_emb.weight"])
+    converted: dict[int, torch.Tensor] = {}  # one conversion of a tensor stored under two names (a tied head)
+    for tensor in weights.state.values():
+        if id(tensor) not in converted:
+            converted[id(tensor)] = tensor if dtype is None else tensor.to(dtype)
+    state = {name: converted[id(tensor)] for name, tensor in weights.state.items()}
     if config.tie_embeddings:
         state["out_head.weight"] = state["tok_emb.weight"]
-    elif tied:  # a model of two matrices, from weights of one: each gets its own
-        state["out_head.weight"] = state["out_head.weight"].clone()
+    elif same_tensor(state["out_head.weight"], state["tok_emb.weight"]):
+        state["out_head.weight"] = state["out_head.weight"].clone()  # a model of two matrices: each its own
     model.load_state_dict(state, assign=True)
     if config.tie_embeddings:  # assigning replaced the shared parameter by two
         model.out_head.weight = model.tok_emb.weight

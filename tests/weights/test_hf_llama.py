@@ -342,3 +342,18 @@ def test_serve_py_answers_with_the_folders_model_and_tokenizer(folders, tmp_path
         expected = expected[:expected.index(tokenizer.eot_id)]
     choice = answer["choices"][0]
     assert len(expected) > 4 and choice["token_ids"] == expected and choice["text"] == tokenizer.decode(expected)
+
+
+def test_bfloat16_weights_stay_bfloat16_and_train_in_float32(tmp_path):
+    from gptlit.core.generation import generate
+
+    hf = tiny_folder("llama3", tmp_path)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path)  # as the hub stores Llama 3 and Qwen3
+    model = model_from_weights(read_weights(str(tmp_path))).eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    prompt = torch.tensor([load_tokenizer(tmp_path).encode_prompt(PROMPT)])
+    cached, uncached = (generate(model, prompt, 8, 64, use_cache=use) for use in (True, False))
+    assert torch.equal(cached, uncached)
+    trained = init_model(model.cfg, str(tmp_path))
+    assert {p.dtype for p in trained.parameters()} == {torch.float32} and trained.tied_head
+    assert all(torch.equal(p.float(), trained.state_dict()[name]) for name, p in model.state_dict().items())
