@@ -22,7 +22,8 @@ def imported_frameworks(*modules: str) -> set[str]:
 
 def test_inference_path_imports_no_framework():
     modules = ["gptlit.core.model", "gptlit.core.generation", "gptlit.core.tokenizer", "gptlit.core.device",
-               "gptlit.weights.io", "gptlit.weights.gpt2", "gptlit.weights.hf_export", "gptlit.files",
+               "gptlit.weights.io", "gptlit.weights.gpt2", "gptlit.weights.hf_export", "gptlit.weights.hf_llama",
+               "gptlit.weights.hf_folder", "gptlit.files",
                "gptlit.evaluation.perplexity", "gptlit.evaluation.hellaswag", "gptlit.evaluation.splits"]
     assert imported_frameworks(*modules) == set()
 

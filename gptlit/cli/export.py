@@ -13,7 +13,7 @@ from gptlit.cli.user_errors import exit_on_user_error
 from gptlit.cli.source import load_model
 from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError
-from gptlit.weights.hf_export import export_gpt2, find_run_config, model_card, push_to_hub
+from gptlit.weights.hf_export import export_model, find_run_config, model_card, push_to_hub
 
 def run(cfg: DictConfig) -> Path:
     if OmegaConf.is_missing(cfg, "out_dir"):  # said before the weights are read, which can take minutes
@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> Path:
                         "out_dir=exported/my-gpt")
     model, weights = load_model(cfg)
     card = model_card(model, weights.source, weights.run, find_run_config(weights.source))
-    out_dir = export_gpt2(model, cfg.out_dir, card, overwrite=cfg.overwrite, tokenizer=load_tokenizer(cfg.tokenizer.path))
+    out_dir = export_model(model, cfg.out_dir, card, overwrite=cfg.overwrite, tokenizer=load_tokenizer(cfg.tokenizer.path))
     print(f"wrote {out_dir} (config.json, model.safetensors, tokenizer files, README.md); load it with "
           f"transformers.AutoModelForCausalLM.from_pretrained({str(out_dir)!r})")
     if cfg.push_to_hub:

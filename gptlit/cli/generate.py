@@ -17,7 +17,7 @@ from gptlit.cli.source import load_model
 from gptlit.core.generation import DecodingConfig, stream
 from gptlit.core.device import model_device, pick_device
 from gptlit.core.model import GPTModel
-from gptlit.core.tokenizer import decode_stream, encode, load_tokenizer
+from gptlit.core.tokenizer import decode_stream, load_tokenizer
 from gptlit.errors import UserError
 
 
@@ -26,7 +26,8 @@ def complete(model: GPTModel, prompt: str, cfg: DictConfig, decoding: DecodingCo
     whole text once it is done (``stream=false``), whatever buffering the output has."""
     out = out or sys.stdout
     tokenizer = load_tokenizer(cfg.tokenizer.path)
-    idx = torch.tensor([encode(prompt, tokenizer)], device=model_device(model))
+    # After the BOS that Llama 3's tokenizer puts first, as transformers' tokenizer(prompt) does (GPT-2's: none).
+    idx = torch.tensor([tokenizer.encode_prompt(prompt)], device=model_device(model))
     tokens = (t.item() for t in stream(model, idx, cfg.max_new_tokens, model.cfg.context_length, decoding))
     pieces = decode_stream(tokens, tokenizer)
     if not cfg.stream:

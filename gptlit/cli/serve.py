@@ -40,14 +40,18 @@ def settings_of(cfg: DictConfig, eos_id: int) -> ServeSettings:
 
 
 def run(cfg: DictConfig) -> None:
-    # Settings first: a bad value is refused before the weights are read.
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    settings = settings_of(cfg, tokenizer.eot_id)
+    # Settings first: a bad value is refused before the weights are read. The eos id is the tokenizer's, which a
+    # model folder's weights bring along (load_model sets tokenizer.path), so it is filled in once they are read.
+    settings_of(cfg, eos_id=0)
+    if cfg.tokenizer.path is not None:
+        load_tokenizer(cfg.tokenizer.path)
     device = pick_device(cfg.device)
     if cfg.threads is not None:
         check_int("threads", cfg.threads)
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg)[0].to(device).eval()
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    settings = settings_of(cfg, tokenizer.eot_id)
     app = make_app(model, tokenizer, settings)
     serve(app, cfg.host, cfg.port, banner=f"serving {settings.model_name} on {device.type} at ",
           keyed=settings.api_key is not None, stopping=app.state.engine.cancel_all)

@@ -219,10 +219,15 @@ class LlamaModel(nn.Module):
         self.apply(self._init_weights)
         if cfg.tie_embeddings:
             self.out_head.weight = self.tok_emb.weight
-        # Not saved with the weights: they follow from the config, and a checkpoint stays the family's tensors.
-        cos, sin = rope_tables(cfg)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        self.reset_rope()
+
+    def reset_rope(self, device: torch.device | str | None = None) -> None:
+        """Compute the rotary tables (on ``device``, else the default device). Not saved with the weights (they
+        follow from the config, and a checkpoint stays the family's tensors), so a model built on the meta device
+        to receive its weights without a second copy of them gets them here."""
+        cos, sin = rope_tables(self.cfg)
+        self.register_buffer("cos", cos.to(device), persistent=False)
+        self.register_buffer("sin", sin.to(device), persistent=False)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

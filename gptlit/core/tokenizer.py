@@ -6,7 +6,9 @@ is built from those and gives ids identical to tiktoken's own gpt2 encoding.
 
 A trained tokenizer is a ``tokenizer.json`` of Hugging Face's ``tokenizers`` (``python tokenizer.py`` writes
 one): a byte-level BPE with GPT-2's pre-tokenization, so every text encodes and every id decodes to bytes.
-``tokenizer.path=`` names it everywhere; unset, GPT-2's BPE is used. Both answer to ``Tokenizer``, and each has
+The ``tokenizer.json`` of a Hugging Face model folder (Llama 3's, Qwen3's) is another byte-level BPE, with its own
+pre-tokenization, normalization and special tokens; ``tokenizers`` runs it as transformers does (HubTokenizer).
+``tokenizer.path=`` names either everywhere; unset, GPT-2's BPE is used. All answer to ``Tokenizer``, and each has
 a ``fingerprint`` that names its encoding: token caches and checkpoints record it, so tokens or weights made with
 one tokenizer are never read with another.
 """
@@ -17,6 +19,7 @@ import codecs
 import functools
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -72,13 +75,21 @@ class Tokenizer:
     n_vocab: int  # the ids it can produce are 0 .. n_vocab - 1
     eot_id: int  # <|endoftext|>, between documents
     special_ids: frozenset[int]  # tokens that mark structure (<|endoftext|>, ...) and stand for no text
-    encoding: tiktoken.Encoding  # both kinds run on tiktoken
+    # The token put before every text the model reads (Llama 3's <|begin_of_text|>); None: none (GPT-2, Qwen3).
+    bos_id: int | None = None
+    encoding: tiktoken.Encoding  # GPT-2's BPE and trained ones run on tiktoken (HubTokenizer does not)
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids of a prompt that a model continues: ``text``'s after the BOS its tokenizer puts first (as
+        transformers' tokenizer(text) gives them). ``encode`` adds none, as the pieces of a corpus or of a
+        HellaSwag item are encoded apart and joined."""
+        return ([] if self.bos_id is None else [self.bos_id]) + self.encode(text)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """``text``'s ids with special tokens' names taken as plain text: for text that a user types (a chat
@@ -167,7 +178,7 @@ class TrainedBPE(Tokenizer):
         except Exception as err:
             raise UserError(f"tokenizer.path {path} is not a tokenizer.json of the tokenizers library ({err}); "
                             "train one with python tokenizer.py") from None
-        self.fingerprint = "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+        self.fingerprint = file_fingerprint(raw)
         self.n_vocab = self.backend.get_vocab_size(with_added_tokens=True)
         eot = self.backend.token_to_id(ENDOFTEXT)
         if eot is None:
@@ -204,6 +215,125 @@ class TrainedBPE(Tokenizer):
         return bytes(decoder[c] for c in token)
 
 
+def file_fingerprint(raw: bytes) -> str:
+    """The fingerprint of a tokenizer.json: its bytes' hash, whichever class runs it."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def runs_on_tiktoken(spec: dict) -> bool:
+    """Whether a tokenizer.json is the kind ``python tokenizer.py`` trains, which tiktoken runs with the same ids:
+    a plain byte-level BPE with GPT-2's split pattern, no normalizer, nothing added around a text."""
+    model = spec.get("model") or {}
+    pre = spec.get("pre_tokenizer") or {}
+    post = spec.get("post_processor")
+    return (model.get("type") == "BPE" and not model.get("byte_fallback") and model.get("dropout") is None
+            and not model.get("continuing_subword_prefix") and not model.get("end_of_word_suffix")
+            and not model.get("ignore_merges")
+            and spec.get("normalizer") is None
+            and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
+            and (post is None or post.get("type") == "ByteLevel")
+            and (spec.get("decoder") or {}).get("type") == "ByteLevel"
+            and any(t.get("content") == ENDOFTEXT for t in spec.get("added_tokens") or []))
+
+
+class HubTokenizer(Tokenizer):
+    """The byte-level BPE of a Hugging Face model (Llama 3's, Qwen3's ``tokenizer.json``), run by ``tokenizers``
+    itself: their own split patterns, normalizers and special tokens are exactly what transformers runs.
+
+    ``encode`` gives the text's ids alone; the BOS the file's post-processor puts before a text (Llama 3's
+    ``<|begin_of_text|>``) is ``bos_id``, added by ``encode_prompt``. The end of text (``eot_id``) is what the folder
+    says generation stops at: generation_config.json's ``eos_token_id`` (its first, where it lists several), else
+    tokenizer_config.json's ``eos_token``, else a token named ``<|endoftext|>`` or ``<|end_of_text|>``."""
+
+    def __init__(self, path: Path, raw: bytes):
+        from tokenizers import Tokenizer as Backend
+
+        self.path = path
+        self.name = str(path)
+        try:
+            text = raw.decode("utf-8")
+            self.backend = Backend.from_str(text)
+            spec = json.loads(text)
+        except Exception as err:
+            raise UserError(f"tokenizer.path {path} is not a tokenizer.json of the tokenizers library ({err})") from None
+        if (spec.get("decoder") or {}).get("type") != "ByteLevel":
+            raise UserError(f"tokenizer.path {path} is not a byte-level BPE (its decoder is "
+                            f"{(spec.get('decoder') or {}).get('type')}); gptlit runs GPT-2's, Llama 3's and Qwen3's kind")
+        self.text = text
+        self.fingerprint = file_fingerprint(raw)
+        self.n_vocab = max(self.backend.get_vocab(with_added_tokens=True).values()) + 1
+        added = self.backend.get_added_tokens_decoder()
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)
+        self.added = {i: t.content for i, t in added.items()}
+        self.bos_id = self._bos()
+        self.eot_id = self._eos(path.parent)
+
+    def _bos(self) -> int | None:
+        """What the post-processor puts before a text: found by encoding one with and without it."""
+        plain = self.backend.encode("a", add_special_tokens=False).ids
+        full = self.backend.encode("a", add_special_tokens=True).ids
+        before = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+        if before > 1:
+            raise UserError(f"tokenizer.path {self.path} puts {before} tokens before every text; gptlit puts at most "
+                            "one (a BOS) before a prompt")
+        return full[0] if before else None
+
+    def _eos(self, folder: Path) -> int:
+        for name, key in (("generation_config.json", "eos_token_id"), ("tokenizer_config.json", "eos_token"),
+                          ("special_tokens_map.json", "eos_token")):
+            try:
+                value = json.loads((folder / name).read_text(encoding="utf-8")).get(key)
+            except (OSError, ValueError, AttributeError):
+                continue
+            if isinstance(value, list):
+                value = value[0] if value else None
+            if isinstance(value, dict):  # {"content": "<|end_of_text|>", ...}
+                value = value.get("content")
+            if isinstance(value, str):
+                value = self.backend.token_to_id(value)
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < self.n_vocab:
+                return value
+        for name in (ENDOFTEXT, "<|end_of_text|>"):
+            if self.backend.token_to_id(name) is not None:
+                return self.backend.token_to_id(name)
+        raise UserError(f"tokenizer.path {self.path} names no end of text: no eos_token_id in generation_config.json "
+                        f"or eos_token in tokenizer_config.json beside it, and no {ENDOFTEXT} token; put the model's "
+                        "generation_config.json beside its tokenizer.json")
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    @functools.cached_property
+    def ordinary(self):
+        """A second copy of the tokenizer that reads special tokens' names as text, for encode_ordinary (made when
+        first needed: Qwen3's tokenizer.json takes a second to read)."""
+        from tokenizers import Tokenizer as Backend
+
+        ordinary = Backend.from_str(self.text)
+        ordinary.encode_special_tokens = True
+        return ordinary
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.ordinary.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id in self.added:
+            return self.added[token_id].encode("utf-8")
+        token = self.backend.id_to_token(token_id)
+        if token is None and 0 <= token_id < self.n_vocab:
+            return b""  # an id the file leaves unused between others: no text
+        if token is None:
+            raise ValueError(f"token id {token_id} is outside {self.name}'s vocabulary of {self.n_vocab}")
+        decoder = _byte_decoder()
+        return bytes(decoder[c] for c in token)
+
+
 def tokenizer_file(path: str | Path) -> Path:
     """The tokenizer.json that ``path`` names: the file itself, or the one in a folder (an export, a run)."""
     path = Path(path).expanduser()
@@ -217,7 +347,17 @@ def tokenizer_file(path: str | Path) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str | None) -> Tokenizer:
-    return GPT2BPE() if path is None else TrainedBPE(tokenizer_file(path))
+    if path is None:
+        return GPT2BPE()
+    file = tokenizer_file(path)
+    raw = file.read_bytes()
+    try:
+        spec = json.loads(raw)
+    except ValueError:
+        spec = None  # TrainedBPE says what is wrong with it
+    if not isinstance(spec, dict) or "model" not in spec or runs_on_tiktoken(spec):
+        return TrainedBPE(file)
+    return HubTokenizer(file, raw)
 
 
 def load_tokenizer(path: str | Path | None = None) -> Tokenizer:

@@ -1,5 +1,6 @@
-"""A GPTModel as a Hugging Face transformers GPT-2 folder: what ``AutoModelForCausalLM.from_pretrained`` and
+"""A model as a Hugging Face transformers folder: what ``AutoModelForCausalLM.from_pretrained`` and
 ``AutoTokenizer.from_pretrained`` load with no custom code, and so lm-evaluation-harness, vLLM and the hub too.
+A GPTModel becomes a ``GPT2LMHeadModel``, a Llama 3 or Qwen3 model a ``LlamaForCausalLM`` or ``Qwen3ForCausalLM``.
 
 The folder holds GPT-2's ``config.json``, ``model.safetensors`` in ``GPT2LMHeadModel``'s names (the inverse of
 gptlit.weights.gpt2's mapping), GPT-2's tokenizer files (``vocab.json`` and ``merges.txt`` are the very BPE
@@ -7,6 +8,10 @@ files gptlit's tokenizer is built from) and a model card (``README.md``). GPT-2'
 (tanh GELU, LayerNorm eps 1e-5, a 4x feed-forward), so nothing is approximated: a model without
 query/key/value biases gets zero biases, an untied head is written as ``lm_head.weight`` with
 ``tie_word_embeddings: false``.
+
+A Llama 3 or Qwen3 folder holds transformers' config of the family (gptlit.weights.hf_llama.config_to_hf), the
+tensors under its names, a ``generation_config.json`` with the end-of-text id, and the tokenizer: GPT-2's or a
+trained one as above, or the files of the Hugging Face model it was read from, copied as they are.
 """
 
 from __future__ import annotations
@@ -19,15 +24,22 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from torch import nn
+
+from gptlit.core.llama import LlamaModel
 from gptlit.core.model import GPTModel
-from gptlit.core.tokenizer import ENDOFTEXT, TOKENIZER_FILE, Tokenizer, TrainedBPE, bpe_files_dir, load_tokenizer
+from gptlit.core.tokenizer import (ENDOFTEXT, TOKENIZER_FILE, HubTokenizer, Tokenizer, TrainedBPE, bpe_files_dir,
+                                   load_tokenizer)
 from gptlit.errors import UserError
 from gptlit.files import usual_permissions
 from gptlit import hub
-from gptlit.weights import gpt2
+from gptlit.weights import gpt2, hf_llama
 from gptlit.weights.gpt2 import TOKENIZER_KEY
 
 CARD = "README.md"
+GENERATION_CONFIG = "generation_config.json"
+# What a Hugging Face model's folder holds of its tokenizer beside tokenizer.json, copied into an export of it.
+HUB_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def gpt2_config(model: GPTModel, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -61,6 +73,30 @@ def gpt2_config(model: GPTModel, tokenizer: Tokenizer) -> dict[str, Any]:
     }
 
 
+def llama_config(model: LlamaModel, tokenizer: Tokenizer) -> dict[str, Any]:
+    """transformers' LlamaConfig or Qwen3Config of ``model`` as config.json holds it, with the tokenizer's ids and
+    fingerprint (which gptlit reads back)."""
+    eos = tokenizer.eot_id
+    return {
+        **hf_llama.config_to_hf(model.cfg, str(model.tok_emb.weight.dtype).removeprefix("torch.")),
+        "vocab_size": exported_vocab(model.cfg),
+        "bos_token_id": tokenizer.bos_id if tokenizer.bos_id is not None else eos,
+        "eos_token_id": eos,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        TOKENIZER_KEY: model.cfg.tokenizer,
+    }
+
+
+def generation_config(tokenizer: Tokenizer) -> bytes:
+    """generation_config.json: the Hugging Face model's own where the tokenizer is one's (its stop ids, its
+    sampling settings), else the end-of-text id that generation stops at."""
+    if isinstance(tokenizer, HubTokenizer) and (tokenizer.path.parent / GENERATION_CONFIG).is_file():
+        return (tokenizer.path.parent / GENERATION_CONFIG).read_bytes()
+    bos = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eot_id
+    return json.dumps({"bos_token_id": bos, "eos_token_id": tokenizer.eot_id}, indent=2).encode()
+
+
 def exported_vocab(cfg) -> int:
     """The vocabulary an export holds: the ids the tokenizer uses. The padding that rounds vocab_size up for speed
     is left out, so that transformers (which knows nothing of it) never picks a padding id."""
@@ -71,6 +107,8 @@ def tokenizer_files(context_length: int, tokenizer: Tokenizer) -> dict[str, byte
     """The tokenizer as transformers' AutoTokenizer reads it: GPT-2's as OpenAI's encoder.json and vocab.bpe under
     their hub names; a trained one as its tokenizer.json, which PreTrainedTokenizerFast runs with the same ids
     (and which is gptlit's tokenizer.path when the folder is named)."""
+    if isinstance(tokenizer, HubTokenizer):
+        return hub_tokenizer_files(context_length, tokenizer)
     special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
     if isinstance(tokenizer, TrainedBPE):
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context_length, **special}
@@ -87,6 +125,21 @@ def tokenizer_files(context_length: int, tokenizer: Tokenizer) -> dict[str, byte
     }
 
 
+def hub_tokenizer_files(context_length: int, tokenizer: HubTokenizer) -> dict[str, bytes]:
+    """A Hugging Face model's tokenizer files as its folder holds them (a bare tokenizer.json gets a
+    tokenizer_config.json naming its special tokens)."""
+    folder = tokenizer.path.parent
+    files = {TOKENIZER_FILE: tokenizer.path.read_bytes()}
+    files |= {name: (folder / name).read_bytes() for name in HUB_TOKENIZER_FILES if (folder / name).is_file()}
+    if "tokenizer_config.json" not in files:
+        name = tokenizer.backend.id_to_token
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": context_length,
+                  "eos_token": name(tokenizer.eot_id),
+                  "bos_token": None if tokenizer.bos_id is None else name(tokenizer.bos_id)}
+        files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
+    return files
+
+
 def find_run_config(source: str | Path) -> str | None:
     """The config of the training run that wrote ``source`` (``<run>/checkpoints/*.ckpt`` or
     ``<run>/model.safetensors``), read from the run's ``.hydra/config.yaml``; None elsewhere."""
@@ -100,19 +153,39 @@ def find_run_config(source: str | Path) -> str | None:
     return None
 
 
-def model_card(model: GPTModel, source: str, run: dict[str, Any], run_config: str | None) -> str:
-    """A short README.md: what the model is, where it came from, its last losses and its gptlit config."""
+FAMILY_NAMES = {"llama3": "Llama 3", "qwen3": "Qwen3"}
+
+
+def _introduction(model: nn.Module, source: str) -> list[str]:
+    """The card's header, title and first paragraph: what the model is."""
     cfg = model.cfg
     params = sum(p.numel() for p in model.parameters())
-    lines = [
+    head = 'output head tied to the token embedding' if model.tied_head else 'separate output head'
+    loads = f"exported from `{source}`. It loads with `transformers.AutoModelForCausalLM.from_pretrained`."
+    if isinstance(model, LlamaModel):
+        name = FAMILY_NAMES[cfg.family]
+        tokenizer = "GPT-2's tokenizer" if cfg.tokenizer == "gpt2" else f"the tokenizer {cfg.tokenizer} (tokenizer.json)"
+        return [
+            "---", "library_name: transformers", "pipeline_tag: text-generation",
+            f"tags: [{'llama' if cfg.family == 'llama3' else cfg.family}, gptlit]", "---", "",
+            f"# {name}-architecture model from gptlit", "",
+            f"A {name} architecture ({params / 1e6:.1f}M parameters: {cfg.n_layers} layers, {cfg.n_heads} query heads "
+            f"sharing {cfg.n_kv_groups} key/value heads of {cfg.head_dim}, embedding {cfg.emb_dim}, feed-forward "
+            f"{cfg.hidden_dim}, context {cfg.context_length} tokens, {tokenizer}; {head}), {loads}", "",
+        ]
+    return [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gpt2, gptlit]", "---", "",
         "# GPT-2-style model trained with gptlit", "",
         f"A GPT-2 architecture ({params / 1e6:.1f}M parameters: {cfg.n_layers} layers, {cfg.n_heads} heads, "
-        f"embedding {cfg.emb_dim}, context {cfg.context_length} tokens, GPT-2's tokenizer; "
-        f"{'output head tied to the token embedding' if model.tied_head else 'separate output head'}"
-        f"{'' if cfg.qkv_bias else '; trained without query/key/value biases, exported as zeros'}), "
-        f"exported from `{source}`. It loads with `transformers.AutoModelForCausalLM.from_pretrained`.", "",
+        f"embedding {cfg.emb_dim}, context {cfg.context_length} tokens, GPT-2's tokenizer; {head}"
+        f"{'' if cfg.qkv_bias else '; trained without query/key/value biases, exported as zeros'}), {loads}", "",
     ]
+
+
+def model_card(model: nn.Module, source: str, run: dict[str, Any], run_config: str | None) -> str:
+    """A short README.md: what the model is, where it came from, its last losses and its gptlit config."""
+    cfg = model.cfg
+    lines = _introduction(model, source)
     history = run.get("history") or []
     if history:
         last = history[-1]
@@ -129,11 +202,11 @@ def model_card(model: GPTModel, source: str, run: dict[str, Any], run_config: st
     return "\n".join(lines)
 
 
-def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool = False,
-                tokenizer: Tokenizer | None = None) -> Path:
-    """Write ``model`` as a transformers GPT-2 folder at ``out_dir``. The folder is built beside it and renamed
-    into place when complete, so a failure leaves no half-written export; an existing folder is replaced only
-    with ``overwrite``."""
+def export_model(model: nn.Module, out_dir: str | Path, card: str, overwrite: bool = False,
+                 tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``model`` as a transformers folder at ``out_dir`` (GPT-2, Llama 3 or Qwen3). The folder is built beside
+    it and renamed into place when complete, so a failure leaves no half-written export; an existing folder is
+    replaced only with ``overwrite``."""
     out_dir = Path(out_dir)
     tokenizer = tokenizer or load_tokenizer()
     if out_dir.exists() and not (out_dir.is_dir() and overwrite):
@@ -143,11 +216,17 @@ def export_gpt2(model: GPTModel, out_dir: str | Path, card: str, overwrite: bool
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        (work / "config.json").write_text(json.dumps(gpt2_config(model, tokenizer), indent=2))
+        llama = isinstance(model, LlamaModel)
+        config = llama_config(model, tokenizer) if llama else gpt2_config(model, tokenizer)
+        (work / "config.json").write_text(json.dumps(config, indent=2))
         state = model.state_dict()
         used = exported_vocab(model.cfg)
         state = {**state, "tok_emb.weight": state["tok_emb.weight"][:used], "out_head.weight": state["out_head.weight"][:used]}
-        tensors = gpt2.to_gpt2(state, model.cfg.n_layers, model.tied_head)
+        if llama:
+            (work / GENERATION_CONFIG).write_bytes(generation_config(tokenizer))
+            tensors = {k: v.detach().cpu().contiguous() for k, v in hf_llama.state_to_hf(state, model.tied_head).items()}
+        else:
+            tensors = gpt2.to_gpt2(state, model.cfg.n_layers, model.tied_head)
         save_file(tensors, work / "model.safetensors", metadata={"format": "pt"})
         for name, content in tokenizer_files(model.cfg.context_length, tokenizer).items():
             (work / name).write_bytes(content)

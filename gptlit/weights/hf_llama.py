@@ -5,16 +5,24 @@ embedding rotates a head's first half against its second, as gptlit.core.llama d
 no permutation. The config moves between ``config.json``'s keys and LlamaConfig's; ``config.json`` is written
 with the rotary settings both as transformers 4 reads them (``rope_theta``, ``rope_scaling``) and as
 transformers 5 writes them (``rope_parameters``), so either version loads an export.
+
+``read_llama`` reads a whole folder (gptlit.weights.hf_folder): its config, its memory-mapped tensors under
+gptlit's names, and which tokenizer they belong to.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from gptlit.errors import UserError
 from gptlit.core.llama import LlamaConfig
+from gptlit.core.tokenizer import GPT2, TOKENIZER_FILE, file_fingerprint, load_tokenizer
+from gptlit.weights import hf_folder
+from gptlit.weights.gpt2 import TOKENIZER_KEY
 
 MODEL_TYPES = {"llama": "llama3", "qwen3": "qwen3"}  # config.json's model_type -> gptlit's family
 ARCHITECTURES = {"llama3": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -144,3 +152,39 @@ def config_to_hf(cfg: LlamaConfig, dtype: str = "float32") -> dict[str, Any]:
         "dtype": dtype,
         "torch_dtype": dtype,
     }
+
+
+def read_llama(folder: Path, hf: Mapping[str, Any]) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    """The LlamaConfig and state dict (gptlit's names) of the Llama 3 or Qwen3 folder whose config.json is ``hf``.
+
+    The tensors are the files' own, memory-mapped, in the files' dtype (bfloat16 for the hub's models). A tied
+    head (``tie_word_embeddings``: the files hold no lm_head) is the token embedding's tensor itself. The config
+    names the tokenizer: the one a gptlit export records, else the folder's tokenizer.json; ``vocab_used`` is its
+    vocabulary where the model's rounds it up (Qwen3: 151,669 ids in 151,936 rows), so that generation never picks
+    one of the ids no text encodes to and an export leaves them out, as for gptlit's own models."""
+    try:
+        config = config_from_hf(hf)
+    except KeyError as err:
+        raise UserError(f"{folder / hf_folder.CONFIG} lacks {err.args[0]!r}, which a {hf.get('model_type')} config "
+                        "holds; download the model again") from None
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{folder / hf_folder.CONFIG} holds a damaged {hf.get('model_type')} config "
+                        f"({str(err).splitlines()[0][:160]}); download the model again") from None
+    tensors = hf_folder.read_tensors(folder)
+    unknown = sorted(name for name in tensors if ours(name) is None and not name.endswith("rotary_emb.inv_freq"))
+    if unknown:
+        raise UserError(f"{folder} holds {len(unknown)} tensors that a {config.family} model has no place for (e.g. "
+                        f"{unknown[0]}); it is not a plain {ARCHITECTURES[config.family]}")
+    state = state_from_hf(tensors)
+    if config.tie_embeddings and "tok_emb.weight" in state:
+        # One tensor for both, as transformers ties them (an lm_head some files hold anyway is not used).
+        state["out_head.weight"] = state["tok_emb.weight"]
+    tokenizer = hf.get(TOKENIZER_KEY)  # a gptlit export's: "gpt2" has no tokenizer.json, GPT-2's files serve
+    if tokenizer != GPT2 and not (folder / TOKENIZER_FILE).is_file():
+        raise UserError(f"{folder} holds no {TOKENIZER_FILE}; gptlit runs a {config.family} model with the tokenizer "
+                        "saved beside it: copy the model's tokenizer.json (and tokenizer_config.json) into the folder")
+    if tokenizer is None:
+        tokenizer = file_fingerprint((folder / TOKENIZER_FILE).read_bytes())
+    n_vocab = load_tokenizer(None if tokenizer == GPT2 else folder).n_vocab
+    vocab_used = n_vocab if n_vocab < config.vocab_size else None
+    return replace(config, tokenizer=str(tokenizer), vocab_used=vocab_used), state

@@ -2,8 +2,12 @@
 
 Sources: a Lightning ``.ckpt`` written by training (config and weights), a ``.pth``/``.pt`` state dict (the
 book's ``torch.save(model.state_dict(), ...)``, which carries no config), a ``.safetensors`` file (exported
-ones carry their config in the metadata), a GPT-2 name (``gpt2`` ... ``gpt2-xl``) or a Hugging Face GPT-2
-folder (see gptlit.weights.gpt2).
+ones carry their config in the metadata), a GPT-2 name (``gpt2`` ... ``gpt2-xl``), or a Hugging Face folder or hub
+id of a GPT-2 (see gptlit.weights.gpt2), Llama 3 or Qwen3 model (gptlit.weights.hf_llama).
+
+GPT-2's weights are copied into a GPTModel as they always were. A Llama 3 or Qwen3 model is built on the meta
+device, which allocates nothing, and handed the tensors read (assign_weights): those of safetensors files are
+memory-mapped, so a model loads in about its own size of memory, not twice it.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from gptlit.weights import gpt2
+from gptlit.weights import gpt2, hf_folder, hf_llama
 from gptlit.errors import UserError
 from gptlit.files import atomic_path, atomic_write
 from gptlit.core.families import ModelConfig, model_config
-from gptlit.core.model import GPTConfig, GPTModel, same_tensor
+from gptlit.core.llama import LlamaConfig, LlamaModel
+from gptlit.core.model import GPTModel, same_tensor
+from gptlit.core.tokenizer import TOKENIZER_FILE, file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +62,15 @@ WEIGHT_SUFFIXES = (".ckpt", ".pth", ".pt", ".safetensors")
 
 @dataclass
 class Weights:
-    state: dict[str, torch.Tensor]  # GPTModel's names, without the book's mask buffers
-    config: GPTConfig | None  # None when the file does not say (a bare state dict)
+    state: dict[str, torch.Tensor]  # the model's names (GPTModel's without the book's mask buffers, LlamaModel's)
+    config: ModelConfig | None  # None when the file does not say (a bare state dict)
     source: str
     # What a training checkpoint says of its run besides the weights: global_step, tokens_seen and the
     # evaluations (history), read for model cards; empty for other sources.
     run: dict[str, Any] = field(default_factory=dict)
+    # The folder holding the tokenizer.json the weights were trained with, where they came with it (a Hugging Face
+    # folder or download); None for other sources.
+    tokenizer: Path | None = None
 
     @property
     def tied(self) -> bool:
@@ -70,6 +79,8 @@ class Weights:
 
     @property
     def context_length(self) -> int:
+        if "pos_emb.weight" not in self.state and self.config is not None:
+            return self.config.context_length  # rotary positions: no table to count
         return self.state["pos_emb.weight"].shape[0]
 
 
@@ -137,6 +148,7 @@ def tensors_crc32(state: Mapping[str, torch.Tensor]) -> str:
 
 def _stored_config(stored: Any, source: str) -> ModelConfig:
     try:
+        # Its family key says which model it is (none: GPT-2, as every config written before the others).
         return model_config(json.loads(stored) if isinstance(stored, str) else stored)
     except (ValueError, TypeError) as err:  # UserError and json's JSONDecodeError are ValueErrors
         raise UserError(f"{source} holds a damaged model config ({str(err).splitlines()[0][:160]})") from None
@@ -167,6 +179,9 @@ def check_values(weights: Weights) -> Weights:
                 f"{weights.source}: tensor {name} holds {str(tensor.dtype).removeprefix('torch.')} values; model weights "
                 "must be floating point (float32, bfloat16 or float16)"
             )
+        # In parts of 1M values: isfinite's temporaries for Llama 3.2 1B's embedding at once would be 1.3 GB.
+        if all(torch.isfinite(part).all() for part in tensor.reshape(-1).split(1 << 20)):
+            continue
         finite = torch.isfinite(tensor)
         if not finite.all():
             bad = finite.numel() - int(finite.sum())
@@ -197,11 +212,7 @@ def _read_weights(source: str | Path, mmap: bool = False) -> Weights:
     source_str = str(source)
     path = Path(source)
     if not path.is_file() and (path.is_dir() or path.suffix not in WEIGHT_SUFFIXES):
-        config, state = gpt2.read_gpt2(gpt2.locate(source))
-        # One tensor for both, so the model built from them ties its head to the embedding.
-        if state["out_head.weight"] is state["tok_emb.weight"] or torch.equal(state["out_head.weight"], state["tok_emb.weight"]):
-            state["out_head.weight"] = state["tok_emb.weight"]
-        return Weights(state, config, source_str)
+        return _read_model_folder(source_str)
     if not path.is_file():
         raise UserError(
             f"{source_str} does not exist; pass a {'/'.join(WEIGHT_SUFFIXES)} file, a GPT-2 name "
@@ -213,6 +224,34 @@ def _read_weights(source: str | Path, mmap: bool = False) -> Weights:
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt:  # a Lightning checkpoint, whatever its suffix
         return _lightning_weights(ckpt, source_str)
     return Weights(_clean(ckpt, source_str), None, source_str)
+
+
+def _read_model_folder(source: str) -> Weights:
+    """A GPT-2 name, or a Hugging Face folder or hub id (downloaded) of a GPT-2, Llama 3 or Qwen3 model."""
+    folder = None
+    if Path(source).is_dir():
+        folder = Path(source)
+    elif source not in gpt2.GPT2_REPOS and hf_folder.is_hub_id(source):
+        folder = hf_folder.download(source)
+    hf = hf_folder.read_config(folder) if folder is not None else None
+    if hf is not None and hf.get("model_type") not in ("gpt2", *hf_llama.MODEL_TYPES):
+        raise UserError(f"{folder} holds a {hf.get('model_type')!r} model; gptlit runs GPT-2, Llama 3 and Qwen3 "
+                        f"(config.json's model_type gpt2, {', '.join(hf_llama.MODEL_TYPES)})")
+    if hf is not None and hf.get("model_type") in hf_llama.MODEL_TYPES:
+        config, state = hf_llama.read_llama(folder, hf)
+        return Weights(state, config, source, tokenizer=_own_tokenizer(folder, config))
+    config, state = gpt2.read_gpt2(gpt2.locate(folder if folder is not None else source))
+    # One tensor for both, so the model built from them ties its head to the embedding.
+    if state["out_head.weight"] is state["tok_emb.weight"] or torch.equal(state["out_head.weight"], state["tok_emb.weight"]):
+        state["out_head.weight"] = state["tok_emb.weight"]
+    return Weights(state, config, source, tokenizer=_own_tokenizer(folder, config))
+
+
+def _own_tokenizer(folder: Path | None, config: ModelConfig) -> Path | None:
+    """``folder`` where it holds the very tokenizer.json ``config`` was trained with."""
+    if folder is None or not (folder / TOKENIZER_FILE).is_file():
+        return None
+    return folder if file_fingerprint((folder / TOKENIZER_FILE).read_bytes()) == config.tokenizer else None
 
 
 def read_resume_checkpoint(path: str | Path, mmap: bool = False) -> Weights:
@@ -258,9 +297,24 @@ def shapes_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+def llama_shapes(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What the tensor shapes tell of a Llama 3 or Qwen3 model (not the heads: only their product shows)."""
+    try:
+        vocab_size, emb_dim = state["tok_emb.weight"].shape
+        hidden_dim = state["trf_blocks.0.ff.fc1.weight"].shape[0]
+    except (KeyError, ValueError):
+        return {}
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("trf_blocks.")}
+    return {"vocab_size": vocab_size, "emb_dim": emb_dim, "n_layers": len(blocks), "hidden_dim": hidden_dim,
+            "qk_norm": "trf_blocks.0.att.q_norm.weight" in state}
+
+
 def fitting_model(state: Mapping[str, torch.Tensor]) -> str:
     """The `model=...` overrides that build a model these weights fit, e.g. `model=gpt124m data.context_length=1024`."""
     found = shapes_config(state)
+    if not found and llama_shapes(state):
+        sizes = " ".join(_override(k, v) for k, v in llama_shapes(state).items())
+        return f"a Llama 3 or Qwen3 model with {sizes} (and its heads, which no shape shows)"
     if not found:
         return "no GPTModel config (it lacks tok_emb.weight or pos_emb.weight)"
     for name, sizes in model_sizes().items():
@@ -271,11 +325,11 @@ def fitting_model(state: Mapping[str, torch.Tensor]) -> str:
     return f"{sizes} data.context_length={found['context_length']} (no conf/model config has these sizes)"
 
 
-def _describe(config: GPTConfig) -> str:
+def _describe(config: ModelConfig) -> str:
     return f"emb_dim={config.emb_dim}, n_layers={config.n_layers}, vocab_size={config.vocab_size}, context_length={config.context_length}"
 
 
-def check_fits(model: GPTModel, weights: Weights) -> None:
+def check_fits(model: torch.nn.Module, weights: Weights) -> None:
     """Any difference in tensor names or shapes between ``weights`` and ``model`` is one UserError naming them."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.state.items()}
@@ -300,19 +354,25 @@ RESUME_MAY_CHANGE = {"kernels"}
 def _override(key: str, value: Any) -> str:
     # context_length follows data.context_length in the configs; that is the key to set.
     name = "data.context_length" if key == "context_length" else f"model.{key}"
+    if isinstance(value, dict):  # Hydra's dict syntax: rope_scaling
+        return f"{name}={{{','.join(f'{k}:{v}' for k, v in value.items())}}}"
     return f"{name}={str(value).lower() if isinstance(value, bool) else value}"
 
 
-def check_same_config(config: GPTConfig, weights: Weights) -> None:
+def _other_family(config: ModelConfig, weights: Weights, fix: str) -> None:
+    if weights.config is not None and weights.config.family != config.family:
+        raise UserError(f"{weights.source} holds a {weights.config.family} model, this run's is a {config.family} one "
+                        f"(model.family); {fix}")
+
+
+def check_same_config(config: ModelConfig, weights: Weights) -> None:
     """A resumed run must be the run its checkpoint was written by: any model setting that differs from the one
     stored in the checkpoint (n_heads, drop_rate, ...: not all of them show in tensor shapes) is refused."""
     stored = weights.config
     if stored is None:
         return
-    if type(stored) is not type(config):
-        raise UserError(f"{weights.source} holds a {stored.family} model, this run asks for {config.family}; a resume "
-                        f"continues the same model: pass the model= it was trained with")
-    keys = [f.name for f in fields(config) if f.name not in RESUME_MAY_CHANGE
+    _other_family(config, weights, "a resume continues the same model: pass the model= it was trained with")
+    keys = [f.name for f in fields(type(config)) if f.name not in RESUME_MAY_CHANGE
             and getattr(stored, f.name) != getattr(config, f.name)]
     if keys:
         trained = " ".join(_override(k, getattr(stored, k)) for k in keys)
@@ -332,14 +392,41 @@ def load_weights(model: GPTModel, weights: Weights) -> GPTModel:
     return model
 
 
-def model_from_weights(weights: Weights, config: GPTConfig | Mapping[str, Any] | None = None) -> GPTModel:
-    """A GPTModel holding ``weights``: built from the file's own config, else from ``config`` (model=...)."""
+def assign_weights(config: LlamaConfig, weights: Weights, dtype: torch.dtype | None = None) -> LlamaModel:
+    """A LlamaModel whose parameters are the tensors of ``weights`` themselves, not copies of them: it is built on
+    the meta device, which allocates nothing, and handed them. Read from safetensors, they are the files'
+    memory-mapped bytes. ``dtype`` converts them (training takes float32), one at a time; None keeps the file's."""
+    with torch.device("meta"):
+        model = LlamaModel(config)
+    check_fits(model, weights)
+    converted: dict[int, torch.Tensor] = {}  # one conversion of a tensor stored under two names (a tied head)
+    for tensor in weights.state.values():
+        if id(tensor) not in converted:
+            converted[id(tensor)] = tensor if dtype is None else tensor.to(dtype)
+    state = {name: converted[id(tensor)] for name, tensor in weights.state.items()}
+    if config.tie_embeddings:
+        state["out_head.weight"] = state["tok_emb.weight"]
+    elif same_tensor(state["out_head.weight"], state["tok_emb.weight"]):
+        state["out_head.weight"] = state["out_head.weight"].clone()  # a model of two matrices: each its own
+    model.load_state_dict(state, assign=True)
+    if config.tie_embeddings:  # assigning replaced the shared parameter by two
+        model.out_head.weight = model.tok_emb.weight
+    model.reset_rope(model.tok_emb.weight.device)
+    return model
+
+
+def model_from_weights(weights: Weights, config: ModelConfig | Mapping[str, Any] | None = None) -> torch.nn.Module:
+    """The model holding ``weights``: built from the file's own config, else from ``config`` (model=...). A Llama 3
+    or Qwen3 model keeps the file's dtype (bfloat16 for the hub's) and takes the tensors without a copy."""
     if weights.config is None and config is None:
         raise UserError(
             f"{weights.source} holds weights without a model config; say which model it is, "
             f"e.g. {fitting_model(weights.state)}"
         )
-    model = GPTModel(weights.config if weights.config is not None else config)
+    config = model_config(weights.config if weights.config is not None else config)
+    if isinstance(config, LlamaConfig):
+        return assign_weights(config, weights)
+    model = GPTModel(config)
     return load_weights(model, weights)
 
 
@@ -348,19 +435,23 @@ def model_from_checkpoint(path: str | Path) -> GPTModel:
     return model_from_weights(read_weights(path))
 
 
-def init_model(config: GPTConfig, source: str | Path) -> GPTModel:
+def init_model(config: ModelConfig | Mapping[str, Any], source: str | Path) -> torch.nn.Module:
     """A model of ``config`` for training, starting from the weights of ``source`` (init_from=).
 
-    The architecture is the config's; two settings follow the weights: a position table longer than
+    The architecture is the config's; for GPT-2, two settings follow the weights: a position table longer than
     ``context_length`` is cropped to its first rows (OpenAI's 1024 positions trained at 256), and
-    ``qkv_bias`` is whatever the weights hold (True for OpenAI's).
+    ``qkv_bias`` is whatever the weights hold (True for OpenAI's). For Llama 3 and Qwen3 see _init_llama.
     """
+    config = model_config(config)
     weights = read_weights(source)
     # A bare state dict (.pth) does not say; every other source does.
     trained_with = weights.config.tokenizer if weights.config is not None else config.tokenizer
     if trained_with != config.tokenizer:
         raise UserError(f"{weights.source} was trained with the tokenizer {trained_with}, this run's is {config.tokenizer}; "
                         "start from weights of the same tokenizer, or set tokenizer.path to the one they were trained with")
+    _other_family(config, weights, "choose a model= of its family and sizes")
+    if isinstance(config, LlamaConfig):
+        return _init_llama(config, weights)
     state = dict(weights.state)
     available = weights.context_length if "pos_emb.weight" in state else config.context_length
     if config.context_length > available:
@@ -383,6 +474,37 @@ def init_model(config: GPTConfig, source: str | Path) -> GPTModel:
             f"set model.n_heads={weights.config.n_heads}"
         )
     return model
+
+
+# What no tensor shape shows of a Llama 3 or Qwen3 model, or what a different value of changes every output:
+# continued pretraining must use the weights' own.
+LLAMA_ARCHITECTURE = ("n_heads", "n_kv_groups", "head_dim", "rope_base", "rope_scaling", "qk_norm", "tie_embeddings",
+                      "norm_eps", "emb_dim", "n_layers", "hidden_dim")
+
+
+def _init_llama(config: LlamaConfig, weights: Weights) -> LlamaModel:
+    """Continued pretraining of a Llama 3 or Qwen3 model: the architecture must be the weights' (what differs is
+    refused, naming the overrides that fix it), the context may be shorter than theirs (rotary positions need
+    no table), ``vocab_size`` follows the weights' rows (the tokenizer's rounding may differ from theirs: Qwen3 has
+    151,936 for 151,669 ids), and the parameters are float32, as training keeps them."""
+    stored = weights.config
+    if stored is not None:
+        keys = [k for k in LLAMA_ARCHITECTURE if getattr(stored, k) != getattr(config, k)]
+        if keys:
+            theirs = " ".join(_override(k, getattr(stored, k)) for k in keys)
+            asked = " ".join(_override(k, getattr(config, k)) for k in keys)
+            raise UserError(f"{weights.source} is a model with {theirs}, this run asks for {asked}; pass {theirs}")
+        if config.context_length > stored.context_length:
+            raise UserError(f"context_length {config.context_length} exceeds the {stored.context_length} positions "
+                            f"{weights.source} was trained for; use data.context_length={stored.context_length} or less")
+    rows = weights.state["tok_emb.weight"].shape[0] if "tok_emb.weight" in weights.state else config.vocab_size
+    if rows != config.vocab_size:
+        if rows < (config.vocab_used or config.vocab_size):
+            raise UserError(f"{weights.source} embeds {rows} token ids, fewer than the tokenizer's "
+                            f"{config.vocab_used or config.vocab_size}; start from weights of this tokenizer")
+        log.info("Setting vocab_size=%d, the rows of the token embedding of %s", rows, weights.source)
+        config = replace(config, vocab_size=rows)
+    return assign_weights(config, weights, dtype=torch.float32)
 
 
 def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:

@@ -83,8 +83,12 @@ def test_other_architectures_are_refused(tmp_path, hf_folder):
     (tmp_path / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
     with pytest.raises(UserError, match="another activation"):
         read_weights(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
+    with pytest.raises(UserError, match="holds a 'mistral' model; gptlit runs GPT-2, Llama 3 and Qwen3"):
+        read_weights(str(tmp_path))
+    # A Llama folder is read as one (tests/weights/test_hf_llama.py); GPT-2's config is not a Llama config.
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(UserError, match="only GPT-2"):
+    with pytest.raises(UserError, match="config.json lacks 'num_attention_heads', which a llama config holds"):
         read_weights(str(tmp_path))
 
 
