@@ -161,7 +161,8 @@ def storable(tokenizer: Tokenizer) -> Tokenizer:
     """``tokenizer``, when its ids fit the token file's 16-bit entries."""
     if tokenizer.n_vocab > np.iinfo(TOKEN_DTYPE).max + 1:
         raise UserError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} tokens; token caches store ids in 16 "
-                        "bits, so at most 65536: train one with a smaller vocab_size")
+                        "bits, so at most 65536: train one with a smaller vocab_size, or read the text with data=text "
+                        "(no cache), as Llama 3's and Qwen3's own tokenizers need for now")
     return tokenizer
 
 

@@ -190,7 +190,8 @@ def create_app(engine: Engine, tokenizer: Tokenizer, settings: ServeSettings) ->
         check_messages(body)
         messages = [("system" if m.role == "developer" else m.role, m.text()) for m in body.messages]
         # Chat text is text: "<|endoftext|>" typed by a user stays characters, never the special token.
-        prompt = tokenizer.encode_ordinary(settings.chat.render(messages))
+        start = [] if tokenizer.bos_id is None else [tokenizer.bos_id]  # Llama 3's <|begin_of_text|>; GPT-2 has none
+        prompt = start + tokenizer.encode_ordinary(settings.chat.render(messages))
         job = make_job(body, prompt, [*settings.chat.stop, *body.stop_list()])
         run = _Run(engine, job, tokenizer, strip_leading=True)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -257,8 +258,9 @@ def create_app(engine: Engine, tokenizer: Tokenizer, settings: ServeSettings) ->
             if len(prompt) > settings.limits.max_total_chars:
                 raise APIError(400, f"the prompt has {len(prompt)} characters; at most "
                                     f"{settings.limits.max_total_chars} are allowed", "prompt", "invalid_value")
-            # As generate.py encodes it, so both see the same tokens ("<|endoftext|>" included).
-            ids = tokenizer.encode(prompt)
+            # As generate.py encodes it, so both see the same tokens ("<|endoftext|>" included, and the start
+            # token of a tokenizer that has one: Llama 3's <|begin_of_text|>).
+            ids = tokenizer.encode_prompt(prompt)
         else:
             ids = list(prompt)
             if any(not 0 <= t < engine.vocab_size for t in ids):

@@ -507,11 +507,15 @@ def _init_llama(config: LlamaConfig, weights: Weights) -> LlamaModel:
     return assign_weights(config, weights, dtype=torch.float32)
 
 
-def book_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
-    """The state dict the book's GPTModel loads strictly: ours plus its per-layer causal mask buffers."""
+def book_state_dict(model: GPTModel | LlamaModel) -> dict[str, torch.Tensor]:
+    """The state dict the book's model loads strictly. GPT-2: ours plus the per-layer causal mask buffers of the
+    book's GPTModel. Llama 3 and Qwen3: ours as it is, which are the names of llms_from_scratch.llama3's
+    Llama3Model (its Qwen3Model calls each RMSNorm's weight ``scale``: docs/families.md)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if model.cfg.family != "gpt2":
+        return state
     n = model.cfg.context_length
     mask = torch.triu(torch.ones(n, n), diagonal=1)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     for i in range(model.cfg.n_layers):
         state[f"trf_blocks.{i}.att.mask"] = mask
     return state
@@ -545,8 +549,8 @@ def save_safetensors(model: GPTModel, path: str | Path) -> Path:
     return path
 
 
-def save_book_pth(model: GPTModel, path: str | Path) -> Path:
-    """``model.pth``: a plain state dict, loadable by the book's ``GPTModel`` (and by ours)."""
+def save_book_pth(model: GPTModel | LlamaModel, path: str | Path) -> Path:
+    """``model.pth``: a plain state dict, loadable by the book's model of its family (and by ours)."""
     path = Path(path)
     state = book_state_dict(model)
     with atomic_write(path, size_hint=tensor_bytes(state)) as f:

@@ -13,7 +13,7 @@ from gptlit.planning.plan import parameter_count
 
 FAMILIES = ["llama3_tiny", "qwen3_tiny"]
 COMMON = ["+trainer.limit_train_batches=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=2",
-          "callbacks.export_weights=null", "model.drop_rate=0.1", "optimizer.lr=0.01"]
+          "model.drop_rate=0.1", "optimizer.lr=0.01"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -46,3 +46,21 @@ def test_a_family_trains_and_resumes_bit_for_bit(tmp_path, train_cfg, name, caps
     model.eval()
     prompt = torch.tensor([[6109, 3626, 6100, 345]])
     assert torch.equal(generate(model, prompt, 12, 32, use_cache=True), generate(model, prompt, 12, 32, use_cache=False))
+
+    # The run's model.pth loads into the book's model of the family (its Qwen3 names RMSNorm weights "scale").
+    state = torch.load(tmp_path / "a" / "model.pth", weights_only=True)
+    if model.cfg.family == "llama3":
+        from llms_from_scratch.llama3 import Llama3Model as Book
+    else:
+        from llms_from_scratch.qwen3 import Qwen3Model as Book
+        state = {k.replace("norm.weight", "norm.scale").replace("norm1.weight", "norm1.scale")
+                 .replace("norm2.weight", "norm2.scale"): v for k, v in state.items()}
+    cfg = model.cfg
+    book = Book({"vocab_size": cfg.vocab_size, "context_length": cfg.context_length, "emb_dim": cfg.emb_dim,
+                 "n_heads": cfg.n_heads, "n_layers": cfg.n_layers, "hidden_dim": cfg.hidden_dim,
+                 "head_dim": cfg.head_dim, "qk_norm": cfg.qk_norm, "n_kv_groups": cfg.n_kv_groups,
+                 "rope_base": cfg.rope_base, "dtype": torch.float32,
+                 "rope_freq": cfg.rope_scaling and {**cfg.rope_scaling}}).eval()
+    book.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(book(prompt), model(prompt), rtol=0, atol=1e-4)
