@@ -47,6 +47,19 @@ def test_a_family_trains_and_resumes_bit_for_bit(tmp_path, train_cfg, name, caps
     prompt = torch.tensor([[6109, 3626, 6100, 345]])
     assert torch.equal(generate(model, prompt, 12, 32, use_cache=True), generate(model, prompt, 12, 32, use_cache=False))
 
+    # export.py writes the run's checkpoint as a transformers folder, which computes the model's logits.
+    import transformers
+
+    from gptlit.cli.export import run as export
+    from tests.conftest import compose_config
+
+    out = export(compose_config(f"ckpt_path={tmp_path / 'c' / 'checkpoints' / 'last.ckpt'}",
+                                f"out_dir={tmp_path / 'hf'}", config="export"))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(theirs).__name__ == {"llama3": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model.cfg.family]
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(prompt).logits, model(prompt)[..., :50257], rtol=0, atol=1e-4)
+
     # The run's model.pth loads into the book's model of the family (its Qwen3 names RMSNorm weights "scale").
     state = torch.load(tmp_path / "a" / "model.pth", weights_only=True)
     if model.cfg.family == "llama3":
@@ -64,3 +77,26 @@ def test_a_family_trains_and_resumes_bit_for_bit(tmp_path, train_cfg, name, caps
     book.load_state_dict(state)
     with torch.no_grad():
         torch.testing.assert_close(book(prompt), model(prompt), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("source", ["text", "textfiles", "hf"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_family_trains_on_every_data_source(tmp_path, train_cfg, verdict_text, name, source):
+    import json
+
+    overrides = []
+    if source == "textfiles":
+        (tmp_path / "books").mkdir()
+        half = len(verdict_text) // 2
+        (tmp_path / "books" / "a.txt").write_text(verdict_text[:half], encoding="utf-8")
+        (tmp_path / "books" / "b.txt").write_text(verdict_text[half:], encoding="utf-8")
+        overrides = ["data=textfiles", f"data.path={tmp_path / 'books'}"]
+    elif source == "hf":
+        paragraphs = [p for p in verdict_text.split("\n\n") if p.strip()]
+        (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs))
+        overrides = ["data=hf", f"data.path={tmp_path / 'corpus.jsonl'}"]
+    if source != "text":
+        overrides += [f"data.cache_dir={tmp_path / 'cache'}", "data.tokenize_workers=1", "data.progress=false"]
+    trainer = fit(train_cfg(f"model={name}", *overrides, "trainer.max_steps=2", "trainer.val_check_interval=2",
+                            "trainer.limit_val_batches=1", "callbacks.export_weights=null", run_dir=tmp_path / "run"))
+    assert trainer.global_step == 2 and trainer.lightning_module.history[-1]["val_loss"] < 11.5
