@@ -23,6 +23,7 @@ TABLE_LINES = {
     "hf_tokenize.py": "| 0.2 MB | 1 |",
     "serve_throughput.py": "| clients | requests | tokens |",
     "tokenize_speed.py": "trained / GPT-2, batched:",
+    "time_to_loss.py": "| run | evaluations | training s | best val bpb |",
 }
 
 

@@ -3,9 +3,11 @@
 With ``s`` the 0-based optimizer step, ``W`` the warmup steps, ``T`` the run's optimizer steps, ``D`` the decay
 steps (``int(decay_fraction * T)``) and ``peak`` a group's configured rate, the rate of step ``s`` is
 
-    initial + (peak - initial) * s / W                  for s < W
-    peak                                                for W <= s < T - D
-    min + (peak - min) * (T - s) / D                    for T - D <= s (down to min at the end)
+    min(peak, initial + (peak - initial) * s / W, min + (peak - min) * (T - s) / D)
+
+that is a linear warmup for s < W, the peak, and a linear decay from step T - D down to min at the end; a run
+too short for both (W + D > T) takes whichever ramp is lower, so a short run (or the one-step check of the
+settings when a run is built) needs no special case.
 
 Unlike a cosine, the rate stays at its peak for most of the run and falls only at the end, which is where most of
 the loss is gained; and a run may be extended from any checkpoint of its stable phase by decaying later. Each
@@ -40,23 +42,20 @@ class WarmupStableDecay(torch.optim.lr_scheduler.LRScheduler):
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
         self.decay_steps = int(decay_fraction * total_steps)
-        if warmup_steps + self.decay_steps > total_steps:
-            raise UserError(f"scheduler.warmup_steps ({warmup_steps}) and the decay ({self.decay_steps} steps, "
-                            f"decay_fraction {decay_fraction}) exceed the run's {total_steps} optimizer steps; "
-                            "shorten one or lengthen the run")
         self.initial_lr = initial_lr
         self.min_lr = min_lr
         super().__init__(optimizer, last_epoch)
 
     def rate(self, step: int, peak: float) -> float:
+        rate = peak
         if step < self.warmup_steps:
-            return self.initial_lr + (peak - self.initial_lr) * step / self.warmup_steps
-        decay_start = self.total_steps - self.decay_steps
-        if step < decay_start:
-            return peak
-        # Past the planned end (a resumed run given more steps) the rate stays at min_lr.
-        remaining = max(self.total_steps - step, 0)
-        return self.min_lr + (peak - self.min_lr) * remaining / self.decay_steps
+            rate = min(rate, self.initial_lr + (peak - self.initial_lr) * step / self.warmup_steps)
+        if step >= self.total_steps - self.decay_steps:
+            # Past the planned end (a resumed run given more steps) the rate stays at min_lr.
+            remaining = max(self.total_steps - step, 0)
+            decayed = self.min_lr + (peak - self.min_lr) * remaining / self.decay_steps if self.decay_steps else self.min_lr
+            rate = min(rate, decayed)
+        return rate
 
     def get_lr(self) -> list[float]:
         return [self.rate(self.last_epoch, peak) for peak in self.base_lrs]
