@@ -84,10 +84,11 @@ def test_safe_checkpoint_io_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["model=gpt3"], "error: unknown model=gpt3; choose one of: gpt124m, gpt1558m, gpt355m, gpt774m, tiny"),
+        (["model=gpt3"], "error: unknown model=gpt3; choose one of: gpt124m, gpt1558m, gpt355m, gpt774m, llama3_2_1b, "
+                         "llama3_tiny, qwen3_0_6b, qwen3_124m, qwen3_tiny, speedrun_20m, tiny"),
         (["-m", "model=tiny,huge"], "error: unknown model=huge; choose one of"),
         (["+experiment=book_ch6"], "error: unknown experiment=book_ch6; choose one of: book_appendix_d, book_ch5, "
-                                   "gpt2_124m_fineweb, gutenberg, tinystories"),
+                                   "gpt2_124m_fineweb, gutenberg, speedrun, tinystories"),
         (["decoding=beam"], "error: unknown decoding=beam; choose one of: greedy, sample"),
     ],
 )
