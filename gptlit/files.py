@@ -59,6 +59,14 @@ def glob_escape(name: str) -> str:
 
 
 def _running(pid: int) -> bool:
+    if os.name == "nt":
+        # Windows' os.kill does not probe: any signal but the two console ones terminates the process that now
+        # has the id. Asked without signalling through psutil; without it, the file is kept (it costs only disk).
+        try:
+            import psutil
+        except ImportError:
+            return True
+        return psutil.pid_exists(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import glob
 import itertools
-import multiprocessing
 import os
 from collections import deque
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from gptlit.data.text import TextDataModule
 from gptlit.data.token_cache import (
-    TokenFile, cache_key, encode_documents, file_digest, storable, verified, write_token_file,
+    TokenFile, cache_key, encode_documents, file_digest, storable, verified, worker_context, write_token_file,
 )
 from gptlit import hub
 from gptlit.errors import UserError
@@ -243,10 +242,8 @@ class HFDataModule(TextDataModule):
                 tokens = documents(map(encode, itertools.chain(head, batches)))
                 write_token_file(target, tokens, tokenizer.n_vocab, tokenizer.eot_id)
             else:
-                # A fork server, not a fork of this process (torch's thread pools), as in token_cache.
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(["gptlit.data.token_cache"])
-                with context.Pool(workers) as pool:
+                # A fork server, not a fork of this process (torch's thread pools), or spawned where there is none.
+                with worker_context().Pool(workers) as pool:
                     tasks = itertools.chain(head, batches)
                     tokens = documents(ordered_map(pool, encode, tasks, 2 * workers))
                     write_token_file(target, tokens, tokenizer.n_vocab, tokenizer.eot_id)

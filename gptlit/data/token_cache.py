@@ -176,6 +176,17 @@ def cache_key(digests: Iterable[str], encoding_errors: str, tokenizer: Tokenizer
     return key.hexdigest()
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Where tokenizing workers come from: a fork server, not a fork of this process, since forking a process that
+    already runs torch's thread pools can deadlock; the server imports the tokenizer once for every pool after it.
+    Windows has no fork server: its workers are spawned, each importing the tokenizer itself."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def build_token_cache(
     files: list[Path],
     cache_dir: str | Path,
@@ -188,10 +199,7 @@ def build_token_cache(
     or does not verify."""
     cache_dir = Path(cache_dir)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
-    # Workers come from a fork server, not a fork of this process: forking a process that already runs
-    # torch's thread pools can deadlock. The server imports the tokenizer once for every pool after it.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context = worker_context()
     pool = context.Pool(workers) if workers > 1 else _InProcess()
     with pool:
         digests = list(pool.imap(file_digest, files, chunksize=16))

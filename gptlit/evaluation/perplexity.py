@@ -79,8 +79,10 @@ def perplexity(
     windows = sliding_windows(len(tokens), window, stride)
     device = model_device(model)
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    text_nats = torch.zeros((), dtype=torch.float64, device=device)
+    # Each batch's summed nats, float32 on the device (Apple GPUs have no float64), read once at the end and
+    # added up in Python floats.
+    batch_nats: list[torch.Tensor] = []
+    batch_text_nats: list[torch.Tensor] = []
     text_bytes = 0
     sizes = None if byte_lengths is None else byte_lengths.to(device)
     with at_precision(model, precision), tqdm(total=len(windows), desc="perplexity", unit="window", disable=not progress) as bar:
@@ -95,14 +97,15 @@ def perplexity(
             logits = model(inputs.to(device))
             flat_targets = targets.to(device).flatten()
             nats = F.cross_entropy(logits.float().flatten(0, 1), flat_targets, ignore_index=IGNORE, reduction="none")
-            total += nats.double().sum()
+            batch_nats.append(nats.sum())
             if sizes is not None:
                 kept = flat_targets != IGNORE
                 token_bytes = sizes[flat_targets[kept]]
-                text_nats += nats[kept][token_bytes > 0].double().sum()
+                batch_text_nats.append(nats[kept][token_bytes > 0].sum())
                 text_bytes += int(token_bytes.sum())
             bar.update(len(batch))
     scored = sum(w.scored for w in windows)
-    mean = total.item() / scored
-    bpb = text_nats.item() / math.log(2) / text_bytes if text_bytes else None
+    mean = sum(torch.stack(batch_nats).tolist()) / scored
+    text_nats = sum(torch.stack(batch_text_nats).tolist()) if batch_text_nats else 0.0
+    bpb = text_nats / math.log(2) / text_bytes if text_bytes else None
     return PerplexityResult(mean, math.exp(min(mean, 700.0)), scored, len(windows), bpb)

@@ -27,8 +27,9 @@ extrapolated from them; the probe needs the memory of two blocks, not of the mod
 from __future__ import annotations
 
 import math
-import resource
+import os
 import statistics
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -41,6 +42,11 @@ from gptlit.core.device import synchronize
 from gptlit.core.families import ModelConfig, build_model
 from gptlit.files import human_bytes
 from gptlit.planning.flops import matmul_parameters, step_peak_flops, training_flops_per_token
+
+try:
+    import resource
+except ImportError:  # Windows has no getrusage
+    resource = None
 
 FP32_BYTES = 4
 ADAMW_STATE_BYTES = 8
@@ -153,8 +159,16 @@ def largest_micro_batch(cfg: ModelConfig, seq_len: int, device_type: str, capaci
 
 
 def process_rss() -> int:
-    """This process's peak resident memory in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory in bytes; 0 where unknown (Windows, without psutil)."""
+    if resource is None:
+        try:
+            import psutil
+        except ImportError:
+            return 0
+        return int(psutil.Process().memory_info().peak_wset)  # Windows' peak working set
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # getrusage's unit differs: macOS reports bytes, Linux (and the other Unixes) KiB.
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def time_steps(run: RunShape, cfg: ModelConfig, steps: int = 3) -> float:
@@ -204,13 +218,29 @@ def available_memory(device: torch.device) -> int:
     """Bytes a run could still allocate on ``device``."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    return system_available_memory()  # a CPU's, or an Apple GPU's, which shares the system's memory
+
+
+def system_available_memory() -> int:
+    """Bytes of RAM a new allocation could take; 0 where unknown. Linux's MemAvailable counts the caches the
+    kernel would reclaim; elsewhere (macOS, Windows: no /proc) psutil's estimate when it is installed, else the
+    free pages that sysconf reports where it has them (fewer than could be reclaimed, so a cautious plan)."""
     try:
         for line in open("/proc/meminfo"):
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or not that name (macOS)
+        return 0
 
 
 def probe_step(run: RunShape, fits: bool) -> StepProbe:

@@ -74,9 +74,10 @@ class GPTLitModule(L.LightningModule):
         # The book's (train_losses, val_losses, track_tokens_seen) with the step and epoch of each evaluation.
         self.history: list[dict[str, float]] = []
         self.tokenizer_path = tokenizer
-        # Per split: the sum of the batches' mean losses and their count (the book's estimate), and the nats and
-        # the UTF-8 bytes of every scored token (bits per byte).
-        self._eval_sums = torch.zeros(2, 4, dtype=torch.float64)
+        # Per split, one float32 [3] per validation batch: its mean loss (the book's estimate averages these), and
+        # the nats and the UTF-8 bytes of its scored tokens (bits per byte). Kept on the device, read once per
+        # evaluation; never float64, which Apple GPUs (MPS) do not have.
+        self._eval_batches: list[list[torch.Tensor]] = [[], []]
         self._byte_lengths: torch.Tensor | None = None
         self._rng_states: dict[str, Any] | None = None
 
@@ -148,14 +149,13 @@ class GPTLitModule(L.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # The rate this step uses, whether a scheduler set it or not; float64, so the logged rate is exact.
-        rate = torch.tensor(optimizer.param_groups[0]["lr"], dtype=torch.float64)
-        self.log("train/lr", rate, on_step=True, on_epoch=False, batch_size=1)
+        # The rate this step uses, whether a scheduler set it or not. A Python float, which Lightning logs as the
+        # nearest float32: a float64 tensor would be exact but cannot exist on an Apple GPU (MPS).
+        self.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False, batch_size=1)
         # Optimizers of several parts (optimizer=muon: its matrices, AdamW's other parameters) log each part's.
         for group in optimizer.param_groups:
             if "name" in group:
-                self.log(f"train/lr_{group['name']}", torch.tensor(group["lr"], dtype=torch.float64), on_step=True,
-                         on_epoch=False, batch_size=1)
+                self.log(f"train/lr_{group['name']}", float(group["lr"]), on_step=True, on_epoch=False, batch_size=1)
         self.nonfinite.before_optimizer_step(optimizer)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
@@ -174,7 +174,7 @@ class GPTLitModule(L.LightningModule):
         self.check_nonfinite()
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_sums = torch.zeros(2, 4, dtype=torch.float64, device=self.device)
+        self._eval_batches = [[], []]
         if self._byte_lengths is None or self._byte_lengths.device != self.device:
             self._byte_lengths = load_tokenizer(self.tokenizer_path).byte_lengths.to(self.device)
 
@@ -182,8 +182,8 @@ class GPTLitModule(L.LightningModule):
         inputs, targets = batch
         logits = self.model(inputs)
         loss = cross_entropy(logits, targets)
-        self._eval_sums[dataloader_idx] += torch.stack(
-            [loss.detach().double(), loss.new_ones((), dtype=torch.float64), *nats_and_bytes(logits, targets, self._byte_lengths)]
+        self._eval_batches[dataloader_idx].append(
+            torch.stack([loss.detach().float(), *nats_and_bytes(logits, targets, self._byte_lengths)])
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -195,13 +195,13 @@ class GPTLitModule(L.LightningModule):
     def record_evaluation(self) -> tuple[float, float]:
         """Reduce the sums of the validation steps over every rank, log them and add them to the history."""
         self.check_nonfinite()  # tokens_seen then leaves out skipped batches
-        sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum")
-        train_loss, val_loss = (sums[:, 0] / sums[:, 1]).tolist()
+        sums = self._sums_over_ranks([batch_sums(batches) for batches in self._eval_batches])
+        train_loss, val_loss = (loss / count if count else float("nan") for loss, count, _, _ in sums)
         metrics = {
             "val/loss": val_loss,
             "train/loss": train_loss,
             "val/perplexity": math.exp(min(val_loss, 700.0)),
-            "val/bpb": bits_per_byte(*sums[1, 2:].tolist()),
+            "val/bpb": bits_per_byte(*sums[1][2:]),
             "train/tokens_seen": float(self.tokens_seen),
         }
         # "step" makes the logger record these at the optimizer step the console line shows.
@@ -217,6 +217,20 @@ class GPTLitModule(L.LightningModule):
             }
         )
         return train_loss, val_loss
+
+    def _sums_over_ranks(self, sums: list[list[float]]) -> list[list[float]]:
+        """Add up every rank's ``batch_sums``. Each rank's float64 sums travel as float32 pairs (MPS has no
+        float64): the nearest float32 and the remainder, about 48 bits together. They are gathered rather than
+        summed on the device, so that the host adds them in float64, close to what one process would get."""
+        if self.trainer.world_size == 1:
+            return sums  # untouched: the book's exact Python sums
+        exact = np.asarray(sums, dtype=np.float64)
+        high = exact.astype(np.float32)
+        with np.errstate(invalid="ignore"):  # inf - inf: the high part carries the non-finite value alone
+            low = np.nan_to_num(exact - high, nan=0.0).astype(np.float32)
+        pairs = torch.from_numpy(np.stack([high, low])).to(self.device)
+        gathered = self.trainer.strategy.all_gather(pairs).cpu().numpy().astype(np.float64)
+        return gathered.reshape(-1, *exact.shape).sum(axis=0).tolist()
 
     def on_fit_start(self) -> None:
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
@@ -262,13 +276,22 @@ def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch
 
 
 def nats_and_bytes(logits: torch.Tensor, targets: torch.Tensor, byte_lengths: torch.Tensor) -> torch.Tensor:
-    """[2] float64: the summed cross-entropy (nats) of the targets that stand for text, and their UTF-8 bytes.
-    Special tokens (<|endoftext|>) count in neither, as nanochat's bits per byte has it."""
+    """[2] float32: the summed cross-entropy (nats) of the targets that stand for text, and their UTF-8 bytes.
+    Special tokens (<|endoftext|>) count in neither, as nanochat's bits per byte has it. One batch's sums: float32
+    holds them well (its bytes exactly, below 2**24); batch_sums adds the batches in float64 on the host."""
     with torch.no_grad():
         nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
         sizes = byte_lengths[targets.flatten()]
         text = sizes > 0
-        return torch.stack([nats[text].double().sum(), sizes.double().sum()])
+        return torch.stack([nats[text].sum(), sizes.sum().float()])
+
+
+def batch_sums(batches: list[torch.Tensor]) -> list[float]:
+    """[summed loss, batches, nats, bytes] of one split's validation batches (the module's ``_eval_batches``), in
+    Python floats added batch by batch: the book's calc_loss_loader adds ``loss.item()`` so, and this reproduces its
+    losses exactly, where a float32 sum on the device would not."""
+    rows = torch.stack(batches).tolist() if batches else []
+    return [sum(row[0] for row in rows), float(len(rows)), sum(row[1] for row in rows), sum(row[2] for row in rows)]
 
 
 def bits_per_byte(nats: float, n_bytes: float) -> float:

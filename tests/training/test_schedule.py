@@ -76,7 +76,9 @@ def test_train_logs_the_closed_form_rate_and_the_grad_norm_at_every_optimizer_st
     fit(cfg)
     rows = [r for r in csv_rows(tmp_path) if r["train/lr"]]
     assert [int(r["step"]) for r in rows] == list(range(steps))
-    assert [float(r["train/lr"]) for r in rows] == [closed_form(s, 2, steps, 1e-5, peak, 2e-4) for s in range(steps)]
+    # Logged as the nearest float32 (Apple GPUs have no float64); the optimizer itself steps at the exact rate.
+    expected = [closed_form(s, 2, steps, 1e-5, peak, 2e-4) for s in range(steps)]
+    assert [float(r["train/lr"]) for r in rows] == torch.tensor(expected, dtype=torch.float32).tolist()
     assert all(float(r["train/grad_norm"]) > 0 for r in rows)
 
 
