@@ -79,8 +79,9 @@ def perplexity(
     windows = sliding_windows(len(tokens), window, stride)
     device = model_device(model)
     model.eval()
-    # Each batch's summed nats, float32 on the device (Apple GPUs have no float64), read once at the end and
-    # added up in Python floats.
+    # Every token's nats, float32 on the device (Apple GPUs have no float64), read once at the end and added up
+    # exactly in Python (math.fsum): a float32 sum on the device would change the printed perplexity's last
+    # digits with the order a CPU's vector width gives it; the correctly rounded sum is the same everywhere.
     batch_nats: list[torch.Tensor] = []
     batch_text_nats: list[torch.Tensor] = []
     text_bytes = 0
@@ -97,15 +98,15 @@ def perplexity(
             logits = model(inputs.to(device))
             flat_targets = targets.to(device).flatten()
             nats = F.cross_entropy(logits.float().flatten(0, 1), flat_targets, ignore_index=IGNORE, reduction="none")
-            batch_nats.append(nats.sum())
+            batch_nats.append(nats[flat_targets != IGNORE])
             if sizes is not None:
                 kept = flat_targets != IGNORE
                 token_bytes = sizes[flat_targets[kept]]
-                batch_text_nats.append(nats[kept][token_bytes > 0].sum())
+                batch_text_nats.append(nats[kept][token_bytes > 0])
                 text_bytes += int(token_bytes.sum())
             bar.update(len(batch))
     scored = sum(w.scored for w in windows)
-    mean = sum(torch.stack(batch_nats).tolist()) / scored
-    text_nats = sum(torch.stack(batch_text_nats).tolist()) if batch_text_nats else 0.0
+    mean = math.fsum(torch.cat(batch_nats).tolist()) / scored
+    text_nats = math.fsum(torch.cat(batch_text_nats).tolist()) if batch_text_nats else 0.0
     bpb = text_nats / math.log(2) / text_bytes if text_bytes else None
     return PerplexityResult(mean, math.exp(min(mean, 700.0)), scored, len(windows), bpb)
