@@ -21,7 +21,7 @@ the planner take either. Nothing in this file knows about Lightning or Hydra.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -30,6 +30,7 @@ from torch import nn
 
 from gptlit.errors import UserError, check_int
 from gptlit.core.kv_cache import KVCache, LayerCache
+from gptlit.core.model import config_from
 
 FAMILIES = ("llama3", "qwen3")
 # Hugging Face's initializer_range for both families: weights start as N(0, 0.02). PyTorch's defaults (N(0, 1)
@@ -92,10 +93,7 @@ class LlamaConfig:
 
     @classmethod
     def from_any(cls, cfg: LlamaConfig | Mapping[str, Any]) -> LlamaConfig:
-        if isinstance(cfg, cls):
-            return cfg
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+        return config_from(cls, cfg)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

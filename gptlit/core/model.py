@@ -63,10 +63,7 @@ class GPTConfig:
     @classmethod
     def from_any(cls, cfg: GPTConfig | Mapping[str, Any]) -> GPTConfig:
         """Accept the book's dict (or any mapping with its keys); keys the model does not use are ignored."""
-        if isinstance(cfg, cls):
-            return cfg
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in dict(cfg).items() if k in known})
+        return config_from(cls, cfg)
 
     @property
     def book_kernels(self) -> bool:
@@ -87,6 +84,14 @@ class GPTConfig:
     @property
     def family(self) -> str:
         return "gpt2"
+
+
+def config_from(cls: type, cfg: Any) -> Any:
+    """``cfg`` as a config of dataclass ``cls``: a ``cls`` as it is, a mapping without the keys ``cls`` has not."""
+    if isinstance(cfg, cls):
+        return cfg
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in dict(cfg).items() if k in known})
 
 
 class Dropout(nn.Module):

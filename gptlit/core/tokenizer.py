@@ -21,7 +21,7 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import tiktoken
@@ -159,7 +159,30 @@ def _byte_decoder() -> dict[str, int]:
     return stand_ins
 
 
-class TrainedBPE(Tokenizer):
+class ByteLevelFile(Tokenizer):
+    """What the two tokenizers read from a tokenizer.json share: a byte-level BPE's tokens are bytes written as
+    stand-in characters (GPT-2's mapping), and its added tokens are text. Subclasses set ``backend`` (the
+    tokenizers library's Tokenizer), ``added`` ({id: content}), ``n_vocab`` and ``name``."""
+
+    backend: Any
+    added: dict[int, str]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id in self.added:
+            return self.added[token_id].encode("utf-8")
+        token = self.backend.id_to_token(token_id)
+        if token is None and 0 <= token_id < self.n_vocab:
+            return b""  # an id the file leaves unused between others: no text
+        if token is None:
+            raise ValueError(f"token id {token_id} is outside {self.name}'s vocabulary of {self.n_vocab}")
+        decoder = _byte_decoder()
+        return bytes(decoder[c] for c in token)
+
+
+class TrainedBPE(ByteLevelFile):
     """A byte-level BPE of Hugging Face's ``tokenizers`` from its ``tokenizer.json``, encoded by tiktoken.
 
     A byte-level BPE's merges are its tokens in the order they were learnt, which is what tiktoken's ranks are
@@ -202,17 +225,6 @@ class TrainedBPE(Tokenizer):
     def encode_array(self, text: str) -> np.ndarray:
         return self.encoding.encode_to_numpy(text, allowed_special=self.allowed)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
-
-    def token_bytes(self, token_id: int) -> bytes:
-        if token_id in self.added:
-            return self.added[token_id].encode("utf-8")
-        token = self.backend.id_to_token(token_id)
-        if token is None:
-            raise ValueError(f"token id {token_id} is outside {self.name}'s vocabulary of {self.n_vocab}")
-        decoder = _byte_decoder()
-        return bytes(decoder[c] for c in token)
 
 
 def file_fingerprint(raw: bytes) -> str:
@@ -236,7 +248,7 @@ def runs_on_tiktoken(spec: dict) -> bool:
             and any(t.get("content") == ENDOFTEXT for t in spec.get("added_tokens") or []))
 
 
-class HubTokenizer(Tokenizer):
+class HubTokenizer(ByteLevelFile):
     """The byte-level BPE of a Hugging Face model (Llama 3's, Qwen3's ``tokenizer.json``), run by ``tokenizers``
     itself: their own split patterns, normalizers and special tokens are exactly what transformers runs.
 
@@ -319,19 +331,6 @@ class HubTokenizer(Tokenizer):
     def encode_ordinary(self, text: str) -> list[int]:
         return self.ordinary.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
-
-    def token_bytes(self, token_id: int) -> bytes:
-        if token_id in self.added:
-            return self.added[token_id].encode("utf-8")
-        token = self.backend.id_to_token(token_id)
-        if token is None and 0 <= token_id < self.n_vocab:
-            return b""  # an id the file leaves unused between others: no text
-        if token is None:
-            raise ValueError(f"token id {token_id} is outside {self.name}'s vocabulary of {self.n_vocab}")
-        decoder = _byte_decoder()
-        return bytes(decoder[c] for c in token)
 
 
 def tokenizer_file(path: str | Path) -> Path:

@@ -77,6 +77,23 @@ class SlotCache:
             self.finite[slot] = end
 
 
+class _Layer:
+    """One layer's view of a pass, as a model's attention reads it: ``update`` writes the layer's new keys and
+    values and returns all it attends to; the mask and causal flag are the pass's, the same in every layer."""
+
+    def __init__(self, owner, index: int):
+        self.owner = owner
+        self.index = index
+
+    @property
+    def mask(self):
+        return self.owner.mask
+
+    @property
+    def is_causal(self) -> bool:
+        return self.owner.is_causal
+
+
 class _PrefillPass:
     def __init__(self, cache: SlotCache, slot: int):
         self.cache = cache
@@ -100,24 +117,13 @@ class _PrefillPass:
         cache.finite[self.slot] = max(cache.finite[self.slot], n_new)
 
 
-class _PrefillLayer:
-    def __init__(self, owner: _PrefillPass, index: int):
-        self.owner = owner
-        self.index = index
+class _PrefillLayer(_Layer):
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cache, slot, n = self.owner.cache, self.owner.slot, keys.shape[2]
         cache.keys[self.index, slot : slot + 1, :, :n] = keys
         cache.values[self.index, slot : slot + 1, :, :n] = values
         return cache.keys[self.index, slot : slot + 1, :, :n], cache.values[self.index, slot : slot + 1, :, :n]
-
-    @property
-    def mask(self):
-        return None
-
-    @property
-    def is_causal(self) -> bool:
-        return self.owner.is_causal
 
 
 class _PaddedPrefillPass:
@@ -163,10 +169,7 @@ class _PaddedPrefillPass:
             cache.finite[slot] = max(cache.finite[slot], n_new)
 
 
-class _PaddedPrefillLayer:
-    def __init__(self, owner: _PaddedPrefillPass, index: int):
-        self.owner = owner
-        self.index = index
+class _PaddedPrefillLayer(_Layer):
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         owner, cache = self.owner, self.owner.cache
@@ -175,14 +178,6 @@ class _PaddedPrefillLayer:
         cache.keys[self.index, rows, :, :n] = keys
         cache.values[self.index, rows, :, :n] = values
         return cache.keys[self.index, rows, :, :n], cache.values[self.index, rows, :, :n]
-
-    @property
-    def mask(self):
-        return self.owner.mask
-
-    @property
-    def is_causal(self) -> bool:
-        return False
 
 
 class _DecodePass:
@@ -217,10 +212,7 @@ class _DecodePass:
             self.cache.lengths[slot] += 1
 
 
-class _DecodeLayer:
-    def __init__(self, owner: _DecodePass, index: int):
-        self.owner = owner
-        self.index = index
+class _DecodeLayer(_Layer):
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         owner, cache, i = self.owner, self.owner.cache, self.index
@@ -235,11 +227,3 @@ class _DecodeLayer:
             cache.keys[i][owner.rows, :, owner.positions] = keys[:, :, 0]
             cache.values[i][owner.rows, :, owner.positions] = values[:, :, 0]
         return cache.keys[i, :n, :, : owner.end], cache.values[i, :n, :, : owner.end]
-
-    @property
-    def mask(self):
-        return self.owner.mask
-
-    @property
-    def is_causal(self) -> bool:
-        return False
