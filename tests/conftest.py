@@ -78,6 +78,19 @@ def compose_config(*overrides: str, config: str = "train"):
         return compose(config, overrides=list(overrides))
 
 
+def run_export(out_dir, *overrides: str):
+    """export.py's work in this process, on conf/export.yaml with the overrides; a one-line error it would print is
+    raised as the UserError itself."""
+    from gptlit.cli import export as export_py
+    from gptlit.errors import find_user_error
+
+    cfg = compose_config(f"out_dir={out_dir}", *overrides, config="export")
+    try:
+        return export_py.run(cfg)
+    except Exception as err:
+        raise find_user_error(err) or err
+
+
 def compose_run(*overrides: str, run_dir="unused"):
     """conf/train.yaml exactly as train.py composes it (its defaults: the book's run), with the overrides."""
     return compose_config(f"run_dir={run_dir}", *overrides)

@@ -50,11 +50,9 @@ def test_a_family_trains_and_resumes_bit_for_bit(tmp_path, train_cfg, name, caps
     # export.py writes the run's checkpoint as a transformers folder, which computes the model's logits.
     import transformers
 
-    from gptlit.cli.export import run as export
-    from tests.conftest import compose_config
+    from tests.conftest import run_export
 
-    out = export(compose_config(f"ckpt_path={tmp_path / 'c' / 'checkpoints' / 'last.ckpt'}",
-                                f"out_dir={tmp_path / 'hf'}", config="export"))
+    out = run_export(tmp_path / "hf", f"ckpt_path={tmp_path / 'c' / 'checkpoints' / 'last.ckpt'}")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(theirs).__name__ == {"llama3": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model.cfg.family]
     with torch.no_grad():

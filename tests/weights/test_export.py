@@ -11,26 +11,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gptlit.cli import export as export_py
 from gptlit.core.generation import generate
 from gptlit.core.tokenizer import encode
-from gptlit.errors import UserError, find_user_error
+from gptlit.errors import UserError
 from gptlit.core.model import GPTModel
 from gptlit import hub
 from gptlit.weights import gpt2
 from gptlit.weights.hf_export import model_card
 from gptlit.weights.io import model_from_weights, read_weights
-from tests.conftest import ROOT, compose_config, tiny_hf_gpt2
+from tests.conftest import ROOT, run_export, tiny_hf_gpt2
 
 PROMPT = "Every effort moves you"
-
-
-def export(out_dir, *overrides):
-    cfg = compose_config(f"out_dir={out_dir}", *overrides, config="export")
-    try:
-        return export_py.run(cfg)
-    except Exception as err:
-        raise find_user_error(err) or err
 
 
 def assert_transformers_computes_the_same(model, folder, new_tokens=20):
@@ -56,7 +47,7 @@ def trained(tiny_run):
 def test_trained_checkpoint_exports_to_transformers(tmp_path, trained):
     run_dir, model = trained
     assert model.out_head.weight is not model.tok_emb.weight and not model.cfg.qkv_bias
-    out = export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    out = run_export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     config = json.loads((out / "config.json").read_text())
     assert config["tie_word_embeddings"] is False and config["n_positions"] == 32
     tensors = load_file(out / "model.safetensors")
@@ -68,13 +59,13 @@ def test_trained_checkpoint_exports_to_transformers(tmp_path, trained):
     # The same folder from the run's model.safetensors and its book-format model.pth (with model=).
     for source in (f"ckpt_path={run_dir / 'model.safetensors'}", f"ckpt_path={run_dir / 'model.pth'}"):
         extra = ["model=tiny"] if source.endswith(".pth") else []
-        folder = export(tmp_path / source[-4:], source, *extra)
+        folder = run_export(tmp_path / source[-4:], source, *extra)
         assert load_file(folder / "model.safetensors").keys() == tensors.keys()
 
 
 def test_tokenizer_loads_offline_and_encodes_as_gptlit(tmp_path, trained):
     run_dir, _ = trained
-    out = export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    out = run_export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
     tokenizer = AutoTokenizer.from_pretrained(out)
     text = "Every effort moves you <|endoftext|> naïve  spaces\n\nand 1234 digits"
     assert tokenizer(text).input_ids == encode(text)
@@ -84,7 +75,7 @@ def test_tokenizer_loads_offline_and_encodes_as_gptlit(tmp_path, trained):
 @pytest.mark.parametrize("tied", [True, False])
 def test_gpt2_folder_round_trip(tmp_path, tied):
     tiny_hf_gpt2(tmp_path / "original", tied=tied)
-    out = export(tmp_path / "exported", f"pretrained={tmp_path / 'original'}")
+    out = run_export(tmp_path / "exported", f"pretrained={tmp_path / 'original'}")
     model = model_from_weights(read_weights(str(out)))
     assert (model.out_head.weight is model.tok_emb.weight) == tied
     assert_transformers_computes_the_same(model, out)
@@ -108,9 +99,9 @@ def test_existing_out_dir_is_kept_unless_overwrite(tmp_path, trained):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "mine.txt").write_text("keep")
     with pytest.raises(UserError, match="is already a folder; choose another out_dir or pass overwrite=true"):
-        export(tmp_path / "hf", ckpt)
+        run_export(tmp_path / "hf", ckpt)
     assert (tmp_path / "hf" / "mine.txt").read_text() == "keep"
-    export(tmp_path / "hf", ckpt, "overwrite=true")
+    run_export(tmp_path / "hf", ckpt, "overwrite=true")
     assert not (tmp_path / "hf" / "mine.txt").exists() and (tmp_path / "hf" / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no work folders left beside it
 
@@ -119,7 +110,7 @@ def test_push_to_hub_offline_is_one_line_after_a_complete_export(tmp_path, train
     run_dir, _ = trained
     monkeypatch.setattr(hub, "reachable", lambda: False)
     with pytest.raises(UserError, match=r"the Hugging Face hub is not reachable \(offline\); the export in .* is complete"):
-        export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "push_to_hub=me/tiny")
+        run_export(tmp_path / "hf", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "push_to_hub=me/tiny")
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 

@@ -18,16 +18,15 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gptlit import hub
-from gptlit.cli import export as export_py
 from gptlit.core.llama import LlamaConfig, LlamaModel
 from gptlit.core.model import GPTConfig
 from gptlit.core.tokenizer import load_tokenizer
 from gptlit.data.tokenizer_training import train_bpe
-from gptlit.errors import UserError, find_user_error
+from gptlit.errors import UserError
 from gptlit.weights import hf_folder
 from gptlit.weights.hf_llama import config_to_hf, theirs
 from gptlit.weights.io import (check_same_config, init_model, model_from_weights, read_weights, save_safetensors)
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, run_export
 from tests.core.test_llama import LLAMA, QWEN, random_model
 from tests.hf_llama_folders import CORPUS, SAMPLES, tiny_folder, tiny_tokenizer
 
@@ -50,14 +49,6 @@ def folders(tmp_path_factory):
 def run_cli(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
-
-
-def export(out_dir, *overrides):
-    cfg = compose_config(f"out_dir={out_dir}", *overrides, config="export")
-    try:
-        return export_py.run(cfg)
-    except Exception as err:
-        raise find_user_error(err) or err
 
 
 def hf_greedy(hf, ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -143,7 +134,7 @@ def test_gptlit_checkpoint_exports_to_transformers(tmp_path, settings, tokenizer
     model = gptlit_llama(settings, ours_tokenizer.fingerprint, vocab_used, vocab_used + 15)
     ckpt = lightning_checkpoint(model, tmp_path / "last.ckpt")
     capfd.readouterr()
-    out = export(tmp_path / "hf", f"ckpt_path={ckpt}", *overrides)
+    out = run_export(tmp_path / "hf", f"ckpt_path={ckpt}", *overrides)
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(out)
     printed = capfd.readouterr()
@@ -185,7 +176,7 @@ def test_gptlit_safetensors_and_checkpoint_load_as_the_model(tmp_path):
 @torch.no_grad()
 def test_hf_folder_exports_to_the_same_transformers_model(folders, tmp_path):
     folder, hf = folders["qwen3-padded"]
-    out = export(tmp_path / "hf", f"pretrained={folder}")
+    out = run_export(tmp_path / "hf", f"pretrained={folder}")
     # The tokenizer's files are the model's own, copied; the padding rows (8) are left out.
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / name).read_bytes() == (folder / name).read_bytes()
