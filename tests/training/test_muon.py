@@ -10,7 +10,7 @@ from gptlit.cli.build import fit
 from gptlit.core.llama import LlamaConfig, LlamaModel
 from gptlit.core.model import GPTConfig, GPTModel
 from gptlit.errors import UserError
-from gptlit.training.muon import MuonAdamW
+from gptlit.training.muon import DtypeMuon, MuonAdamW
 
 
 @pytest.mark.parametrize("model", [
@@ -45,6 +45,44 @@ def test_a_step_moves_matrices_by_an_orthogonalized_update():
     # Newton-Schulz makes the update's singular values about 1 (roughly, after five iterations): not the gradient.
     singular = torch.linalg.svdvals(update)
     assert singular.max() < 1.3 and singular.median() > 0.5
+
+
+def _steps(optimizer_class, params, grads, **kwargs):
+    params = [p.detach().clone().requires_grad_() for p in params]
+    optimizer = optimizer_class(params, lr=0.05, weight_decay=0.1, **kwargs)
+    for grad in grads:
+        for param, g in zip(params, grad):
+            param.grad = g.clone()
+        optimizer.step()
+    return params, optimizer
+
+
+def test_newton_schulz_in_bfloat16_is_torchs_muon_bit_for_bit_and_float32_close():
+    torch.manual_seed(0)
+    shapes = [(16, 48), (48, 16), (32, 32)]  # wide, tall (iterated transposed) and square
+    params = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(3)]
+    torchs, _ = _steps(torch.optim.Muon, params, grads)
+    ours, _ = _steps(DtypeMuon, params, grads, ns_dtype="bfloat16")
+    fp32, optimizer = _steps(DtypeMuon, params, grads, ns_dtype="float32")
+    for reference, bf16, f32 in zip(torchs, ours, fp32):
+        assert torch.equal(bf16, reference)
+        assert not torch.equal(f32, reference)
+        torch.testing.assert_close(f32, reference, atol=0.02, rtol=0)  # within bfloat16's rounding of the update
+    assert optimizer.state_dict()["ns_dtype"] == "float32"
+
+
+def test_auto_measures_the_dtype_once_and_a_checkpoint_keeps_it():
+    params = [torch.randn(8, 8)]
+    _, optimizer = _steps(DtypeMuon, params, [[torch.randn(8, 8)]])
+    chosen = optimizer.state_dict()["ns_dtype"]
+    assert chosen in ("bfloat16", "float32")
+    other = "float32" if chosen == "bfloat16" else "bfloat16"
+    _, resumed = _steps(DtypeMuon, params, [], ns_dtype="auto")
+    resumed.load_state_dict({**optimizer.state_dict(), "ns_dtype": other})
+    assert resumed.ns_dtype == other  # what the run measured, not a new measurement
+    with pytest.raises(UserError, match="ns_dtype=float16"):
+        DtypeMuon(params, ns_dtype="float16")
 
 
 def test_run_under_muon_logs_each_rate_and_resumes_bit_for_bit(tmp_path, train_cfg):
