@@ -19,10 +19,11 @@ import torch
 
 from gptlit.errors import check_int
 from gptlit.console import show
+from gptlit.training.callbacks.optimizer_step import AfterOptimizerStep
 from gptlit.training.module import GPTLitModule, evaluation_line
 
 
-class BookSchedule(L.Callback):
+class BookSchedule(AfterOptimizerStep):
     """Evaluate as the book's training loops do instead of through Lightning's validation loop.
 
     After optimizer steps 1, 1 + ``eval_freq``, 1 + 2 ``eval_freq``, ... the model is evaluated on ``eval_iter``
@@ -32,8 +33,8 @@ class BookSchedule(L.Callback):
     batches from the ``eval_freq``-th, so it cannot start at step 1; set ``trainer.limit_val_batches=0`` so that
     it does not evaluate too.
 
-    The schedule is keyed on optimizer steps: a step evaluates once, whether it took several accumulated batches
-    or a batch was skipped. Lightning calls the callbacks' ``on_train_batch_end`` in list order, before the
+    The schedule is keyed on optimizer steps (gptlit.training.callbacks.optimizer_step): a step evaluates once,
+    whether it took several accumulated batches, and a skipped batch evaluates nothing. Lightning calls the callbacks' ``on_train_batch_end`` in list order, before the
     module's; this callback puts itself first, so that every other callback sees the step with its evaluation
     done: a checkpoint (GracefulInterrupt's included) holds the evaluation and its random draws, and Throughput
     hears of it (``on_validation_epoch_start``/``_end``, as for Lightning's own evaluations) and leaves it out.
@@ -45,7 +46,6 @@ class BookSchedule(L.Callback):
         self.eval_freq = eval_freq
         self.eval_iter = eval_iter
         self.label = label
-        self._step_at_batch_start: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Lightning iterates trainer.callbacks by index while calling setup; moving this callback from index i to
@@ -53,12 +53,8 @@ class BookSchedule(L.Callback):
         trainer.callbacks.remove(self)
         trainer.callbacks.insert(0, self)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._step_at_batch_start = trainer.global_step
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: GPTLitModule, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step != self._step_at_batch_start and (step - 1) % self.eval_freq == 0:
+    def on_optimizer_step(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        if (trainer.global_step - 1) % self.eval_freq == 0:
             self.evaluate(trainer, pl_module)
 
     @torch.no_grad()

@@ -235,13 +235,16 @@ def test_a_file_that_is_not_hellaswag_is_named_with_its_line(tmp_path):
         hellaswag.read_items(path)
 
 
-def test_hellaswag_callback_scores_the_model_during_training(tmp_path, hellaswag_file, capsys):
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_hellaswag_callback_scores_the_model_during_training(tmp_path, hellaswag_file, capsys, accumulate):
+    """Once per optimizer step, however many batches each step accumulates."""
     from gptlit.cli.build import fit
     from tests.conftest import compose_train
 
     path = hellaswag_file[0]
     trainer = fit(compose_train(tmp_path, "callbacks=hellaswag", "callbacks.hellaswag.every_n_steps=2",
-                                f"callbacks.hellaswag.path={path}", "trainer.max_steps=4"))
+                                f"callbacks.hellaswag.path={path}", "trainer.max_steps=4",
+                                f"+trainer.accumulate_grad_batches={accumulate}"))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("HellaSwag")]
     assert [line.split(":")[0] for line in lines] == ["HellaSwag at step 2", "HellaSwag at step 4"]
     final = hellaswag.hellaswag(trainer.lightning_module.model, hellaswag.read_items(path), progress=False)

@@ -1,4 +1,4 @@
-"""HellaSwag during training: every N optimizer steps, logged as ``eval/hellaswag`` (acc_norm) and
+"""HellaSwag during training: every N optimizer steps (once a step, however many batches it accumulated), logged as ``eval/hellaswag`` (acc_norm) and
 ``eval/hellaswag_acc``, and printed on one line. Enabled by ``callbacks=hellaswag`` (conf/callbacks/hellaswag.yaml)."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import check_int
 from gptlit.evaluation import hellaswag
+from gptlit.training.callbacks.optimizer_step import AfterOptimizerStep
 
 
-class HellaSwagEval(L.Callback):
+class HellaSwagEval(AfterOptimizerStep):
     def __init__(
         self,
         every_n_steps: int = 500,
@@ -38,9 +39,9 @@ class HellaSwagEval(L.Callback):
             self.items = hellaswag.read_items(hellaswag.locate(*self.source), self.limit)
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every_n_steps or not self.items:
+        if step % self.every_n_steps or not self.items:
             return
         model = pl_module.model
         was_training = model.training

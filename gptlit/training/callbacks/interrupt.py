@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 
 from gptlit.files import human_bytes
+from gptlit.training.callbacks.optimizer_step import AfterOptimizerStep
 from gptlit.weights.io import tensor_bytes
 
 
@@ -26,10 +27,11 @@ class TrainingInterrupted(Exception):
         return 128 + self.signum  # what a shell reports for a process ended by that signal
 
 
-class GracefulInterrupt(L.Callback):
+class GracefulInterrupt(AfterOptimizerStep):
     """Turn SIGINT and SIGTERM into a clean stop at the next step boundary.
 
-    Stopping mid-step could leave the weights half-updated; here the step in flight finishes, the checkpoint is
+    Stopping mid-step could leave the weights half-updated, or drop gradients accumulated over several batches;
+    here the optimizer step in flight finishes (all its batches), the checkpoint is
     written (atomically, by the trainer's checkpoint I/O) and the run ends with TrainingInterrupted. A second
     Ctrl-C stops at once. At the last batch of an epoch the stop waits one more step, because a checkpoint
     taken mid-epoch is what resumes bit for bit (see TextDataModule.state_dict).
@@ -56,7 +58,7 @@ class GracefulInterrupt(L.Callback):
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._request)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+    def on_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.requested is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         # The step is trained: hand its metrics to the loggers as Lightning would right after this hook, which

@@ -21,9 +21,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
 from gptlit.errors import UserError, check_int
+from gptlit.training.callbacks.optimizer_step import AfterOptimizerStep
 
 
-class LastCheckpoint(Checkpoint):
+class LastCheckpoint(Checkpoint, AfterOptimizerStep):
     def __init__(
         self,
         dirpath: str | Path,
@@ -44,17 +45,14 @@ class LastCheckpoint(Checkpoint):
         self.every_n_minutes = every_n_minutes
         self._saved_step: int | None = None
         self._saved_time = time.monotonic()
-        self._step_seen: int | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._saved_time = time.monotonic()
-        self._step_seen = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+    def on_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Only right after an optimizer step: a batch that only accumulated gradients holds state no
         # checkpoint keeps.
-        stepped, self._step_seen = trainer.global_step != self._step_seen, trainer.global_step
-        if not stepped or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return  # the last batch of an epoch is saved by on_train_epoch_end, once the epoch has ended
         due = bool(self.every_n_train_steps) and trainer.global_step % self.every_n_train_steps == 0
         if self.every_n_minutes is not None:
