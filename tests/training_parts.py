@@ -70,3 +70,20 @@ class RecordWeights(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         (self.path / f"weights-rank{trainer.global_rank}.json").write_text(json.dumps(self.sums))
+
+
+class RngStateProbe(L.Callback):
+    """Writes a digest of this rank's torch generator state before every training batch, to
+    ``{dirpath}/rng-rank{rank}.json``: the state, not a draw, so the run's random numbers stay its own."""
+
+    def __init__(self, dirpath: str):
+        self.path, self.digests = Path(dirpath), []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import hashlib
+
+        self.digests.append(hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / f"rng-rank{trainer.global_rank}.json").write_text(json.dumps(self.digests))

@@ -80,6 +80,7 @@ class GPTLitModule(L.LightningModule):
         self._eval_batches: list[list[torch.Tensor]] = [[], []]
         self._byte_lengths: torch.Tensor | None = None
         self._rng_states: dict[str, Any] | None = None
+        self._mid_epoch = False
 
     @property
     def config(self) -> ModelConfig:
@@ -238,25 +239,46 @@ class GPTLitModule(L.LightningModule):
             self.logger.experiment.add_custom_scalars(
                 {"loss": {"train vs val": ["Multiline", ["train/loss", "val/loss"]]}}
             )
+        if self.trainer.world_size > 1 and self.global_rank > 0 and self._rng_states is None:
+            # seed_everything gave every rank the run's seed, so that all built the same initial weights; from
+            # here on each rank draws its own dropout masks, or every rank would drop the same units. The data
+            # order is the samplers' (seeded on their own and checkpointed), not these generators'. A resume
+            # restores each rank's generators instead (on_load_checkpoint).
+            seed = (torch.initial_seed() + self.global_rank) % 2**32
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_nonfinite()  # "stop" raises here, before anything is written
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["history"] = self.history
         checkpoint["rng_states"] = rng_states()
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank's generators (rank 0 writes the file): each draws its own dropout masks.
+            every: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(every, checkpoint["rng_states"])
+            checkpoint["rng_states_per_rank"] = every
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.history = list(checkpoint.get("history", []))
         # Restored now for a resume at an epoch boundary, where the next epoch's shuffle is drawn next, and
         # again in on_train_start for a resume mid-epoch, after Lightning's first iter() over the train loader
-        # (which draws a worker seed that the uninterrupted run did not draw at this point).
+        # (which draws a worker seed that the uninterrupted run did not draw at this point). Mid-epoch by the
+        # batches: a run that trainer.max_steps ended mid-epoch saves its epoch as if it had ended, and Lightning
+        # then reports the resume as one at an epoch's end.
+        batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        self._mid_epoch = bool(batches.get("current", {}).get("completed")) and not batches.get("is_last_batch")
         self._rng_states = checkpoint.get("rng_states")
+        per_rank = checkpoint.get("rng_states_per_rank")
+        if per_rank and len(per_rank) == self.trainer.world_size:
+            self._rng_states = per_rank[self.global_rank]
         if self._rng_states is not None:
             set_rng_states(self._rng_states)
 
     def on_train_start(self) -> None:
-        if self._rng_states is not None and self.trainer.fit_loop.restarted_mid_epoch:
+        if self._rng_states is not None and (self._mid_epoch or self.trainer.fit_loop.restarted_mid_epoch):
             set_rng_states(self._rng_states)
         self._rng_states = None
 

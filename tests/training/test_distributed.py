@@ -184,9 +184,14 @@ def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_
 def test_ddp_run_resumed_mid_epoch_continues_in_the_same_data_order(tmp_path, verdict_path):
     # Shuffled windows, cut at step 5 of a 36-step epoch: the resumed ranks must take up their shares of the same
     # epoch's order at batch 6, not start the epoch over, and the next epoch must draw the order it would have.
-    ddp = ("trainer=ddp", "trainer.devices=2", "data.shuffle=true")
+    # With dropout, each rank draws its own masks, and the resume restores each rank's generators.
+    ddp = ("trainer=ddp", "trainer.devices=2", "data.shuffle=true", "model.drop_rate=0.1")
     whole, _ = run_train(tmp_path / "whole", verdict_path, *ddp, "trainer.max_steps=40")
-    cut, _ = run_train(tmp_path / "cut", verdict_path, *ddp, "trainer.max_steps=5")
+    probe = ("+callbacks.rng_probe._target_=tests.training_parts.RngStateProbe",
+             f"+callbacks.rng_probe.dirpath={tmp_path / 'rng'}")
+    cut, _ = run_train(tmp_path / "cut", verdict_path, *ddp, "trainer.max_steps=5", *probe)
+    ranks = [json.loads((tmp_path / "rng" / f"rng-rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == 5 and not set(ranks[0]) & set(ranks[1])  # never the same generator state
     state = read_checkpoint(cut / "checkpoints" / "last.ckpt")["TextDataModule"]
     assert state == {"train_order_epoch": 0, "train_samples_done_per_rank": 10, "world_size": 2}  # 5 batches of 2
     resumed, _ = run_train(tmp_path / "resumed", verdict_path, *ddp, "trainer.max_steps=40",
