@@ -7,7 +7,6 @@ to each other.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError, check_int
 from gptlit.files import atomic_write
 from gptlit.planning.precision import AUTO, training_precision
+from gptlit.training.process_rank import started_as_global_zero
 from gptlit.training.checkpoint_io import SafeCheckpointIO
 from gptlit.training.loggers import log_hyperparameters
 from gptlit.training.module import GPTLitModule
@@ -127,7 +127,7 @@ def record(cfg: DictConfig, decided: dict[str, object]) -> None:
     """Write what the run decided while it was built (``decided``: dotted keys) into its .hydra/config.yaml, which
     Hydra saved before, so the record says what the run used."""
     saved = Path(cfg.run_dir, ".hydra", "config.yaml")
-    if not saved.is_file() or os.environ.get("LOCAL_RANK", "0") != "0":
+    if not saved.is_file() or not started_as_global_zero():
         return
     config = OmegaConf.load(saved)
     with open_dict(config):
@@ -148,9 +148,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     decide_precision(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    if os.environ.get("LOCAL_RANK", "0") == "0":
-        # Read and split the text now, so bad data is reported before a large model is built. One process per
-        # machine: the others wait for it in Lightning's own prepare_data/setup order.
+    # Prepared once for the whole run, by global rank 0 (Lightning's default is once per machine): several nodes
+    # that share data.cache_dir (a cluster's shared filesystem) tokenize it once; a rank that cannot see the
+    # cache makes its own in setup.
+    datamodule.prepare_data_per_node = False
+    if started_as_global_zero():
+        # Read and split the text now, so bad data is reported before a large model is built. The other ranks
+        # wait for it in Lightning's own prepare_data/setup order.
         datamodule.prepare_data()
         datamodule.setup("fit")
     # A missing, damaged, unsafe or weights-only checkpoint is reported before anything is built or written.

@@ -239,6 +239,15 @@ class GPTLitModule(L.LightningModule):
             self.logger.experiment.add_custom_scalars(
                 {"loss": {"train vs val": ["Multiline", ["train/loss", "val/loss"]]}}
             )
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # trainer.precision=auto is decided once per machine: the ranks Lightning starts inherit the first
+            # process's choice (gptlit.planning.precision.training_precision), but srun and other machines' ranks
+            # measure their own, and machines that measured differently would train one model in two precisions.
+            chosen: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(chosen, str(self.trainer.precision))
+            if len(set(chosen)) > 1:
+                raise UserError(f"the ranks chose different precisions ({', '.join(sorted(set(chosen)))}) for "
+                                f"trainer.precision=auto; set trainer.precision={chosen[0]} for every rank")
         if self.trainer.world_size > 1 and self.global_rank > 0 and self._rng_states is None:
             # seed_everything gave every rank the run's seed, so that all built the same initial weights; from
             # here on each rank draws its own dropout masks, or every rank would drop the same units. The data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,45 @@ def test_ddp_run_resumed_mid_epoch_continues_in_the_same_data_order(tmp_path, ve
     resumed, _ = run_train(tmp_path / "resumed", verdict_path, *ddp, "trainer.max_steps=40",
                            f"ckpt_path={cut / 'checkpoints' / 'last.ckpt'}")
     assert max_weight_diff(final_weights(resumed), final_weights(whole)) == 0.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_match_two_devices_and_tokenize_once(tmp_path, verdict_path):
+    # Two processes started as Lightning's nodes are started (MASTER_ADDR, MASTER_PORT, NODE_RANK; neither has a
+    # LOCAL_RANK), into one run directory: the corpus is tokenized once, by global rank 0 (before, both nodes'
+    # first processes did), and the run trains what two devices of one node train.
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "verdict.txt").write_text(verdict_path.read_text(encoding="utf-8"), encoding="utf-8")
+    common = ("data=textfiles", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cache'}",
+              "data.tokenize_workers=1", "data.shuffle=true", "model.drop_rate=0.1", "trainer=ddp")
+    devices, _ = run_train(tmp_path / "devices", verdict_path, *common, "trainer.devices=2")
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    run_dir = tmp_path / "nodes"
+    port = str(free_port())
+    cmd = [sys.executable, str(ROOT / "train.py"), "model=tiny", "data.context_length=32", "optimizer.lr=0.004",
+           "trainer.accelerator=cpu", f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={EVAL_EVERY}",
+           "logger=csv", "callbacks.sample_text=null", *common, "trainer.devices=1", "trainer.num_nodes=2",
+           f"hydra.run.dir={run_dir}"]
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                                   "NODE_RANK": str(rank)})
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert sum(out.count("tokenizing") > 0 for out in outputs) == 1  # one process tokenized the corpus
+    # Equal up to the order of float sums: one process per node computes with both cores, where two processes of
+    # one node (Lightning divides the cores among them) compute with one each.
+    assert max_weight_diff(final_weights(run_dir), final_weights(devices)) < 1e-5
+    torch.testing.assert_close(eval_losses(run_dir), eval_losses(devices), rtol=0, atol=1e-5)
