@@ -87,3 +87,18 @@ class RngStateProbe(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / f"rng-rank{trainer.global_rank}.json").write_text(json.dumps(self.digests))
+
+
+class SignalAtStep(L.Callback):
+    """Sends ``signum`` to this very process after optimizer step ``step`` on rank ``rank``: a real signal, at a
+    known step, to one rank of a multi-process run."""
+
+    def __init__(self, step: int, rank: int = 0, signum: str = "SIGTERM"):
+        self.step, self.rank, self.signum = step, rank, signum
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), getattr(signal, self.signum))

@@ -15,6 +15,7 @@ from gptlit.cli.launch import job_launches_itself
 from gptlit.cli.user_errors import exit_on_user_error
 from gptlit.console import copy_warnings_to_log, show
 from gptlit.training.callbacks.interrupt import TrainingInterrupted, resume_command
+from gptlit.training.process_rank import started_as_global_zero
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -24,6 +25,8 @@ def main(cfg: DictConfig) -> None:
         try:
             fit(cfg)
         except TrainingInterrupted as stop:
+            if not started_as_global_zero():
+                sys.exit(stop.exit_code)  # every rank stopped; the first says where and how to resume
             command = resume_command("train.py", list(HydraConfig.get().overrides.task), stop.ckpt_path,
                                      Path(cfg.run_dir))
             show(f"Interrupted at step {stop.step}; checkpoint written to {stop.ckpt_path}. Resume with:\n"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +27,7 @@ STEPS = 6
 EVAL_EVERY = 3
 
 
-def run_train(workdir: Path, verdict: Path, *overrides: str) -> tuple[Path, str]:
+def run_train(workdir: Path, verdict: Path, *overrides: str, returncode: int = 0) -> tuple[Path, str]:
     """Run train.py in ``workdir`` with the Verdict, no dropout and no shuffling; returns its run dir and output."""
     workdir.mkdir(parents=True)
     cmd = [
@@ -46,7 +49,7 @@ def run_train(workdir: Path, verdict: Path, *overrides: str) -> tuple[Path, str]
         *overrides,
     ]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dirs = list((workdir / "outputs").iterdir())
     assert len(run_dirs) == 1, run_dirs
     return run_dirs[0], proc.stdout + proc.stderr
@@ -240,3 +243,25 @@ def test_two_nodes_on_one_machine_match_two_devices_and_tokenize_once(tmp_path, 
     # one node (Lightning divides the cores among them) compute with one each.
     assert max_weight_diff(final_weights(run_dir), final_weights(devices)) < 1e-5
     torch.testing.assert_close(eval_losses(run_dir), eval_losses(devices), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_one_checkpoint_that_resumes(
+        tmp_path, verdict_path, signum):
+    # The signal reaches rank 1 only (a user's kill; a cluster signals all): both ranks stop after the same
+    # optimizer step, rank 0 writes last.ckpt and the resume command, and the resumed run ends where the
+    # uninterrupted one does, bit for bit (dropout on, shuffled, each rank its own random states).
+    ddp = ("trainer=ddp", "trainer.devices=2", "data.shuffle=true", "model.drop_rate=0.1", "trainer.max_steps=12")
+    whole, _ = run_train(tmp_path / "whole", verdict_path, *ddp)
+    cut, out = run_train(tmp_path / "cut", verdict_path, *ddp, "+callbacks.signal._target_=tests.training_parts.SignalAtStep",
+                         "+callbacks.signal.step=4", "+callbacks.signal.rank=1", f"+callbacks.signal.signum={signum}",
+                         returncode=128 + getattr(signal, signum))
+    assert out.count(f"{signum} received: stopping after this step") == 1
+    match = re.search(r"Interrupted at step (\d+); checkpoint written to (\S+)\. Resume with:\n  (.+)", out)
+    assert match and out.count("Interrupted at step") == 1, out[-3000:]
+    assert int(match.group(1)) in (4, 5) and Path(match.group(2)) == cut / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(Path(match.group(2)))["global_step"] == int(match.group(1))
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), *shlex.split(match.group(3))[2:]], cwd=tmp_path / "cut",
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert max_weight_diff(final_weights(cut), final_weights(whole)) == 0.0

@@ -1,4 +1,5 @@
-"""Ctrl-C or SIGTERM during training: finish the step, write a resumable checkpoint, say how to resume."""
+"""Ctrl-C or SIGTERM during training: finish the step, write a resumable checkpoint, say how to resume; with
+several processes, every rank stops after the same step."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from gptlit.files import human_bytes
 from gptlit.training.callbacks.optimizer_step import AfterOptimizerStep
@@ -51,15 +53,23 @@ class GracefulInterrupt(AfterOptimizerStep):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
-        if trainer.world_size > 1:
-            # Ranks would see a signal at different steps and wait for each other in the checkpoint save;
-            # several processes keep Lightning's own SIGTERM handling and its periodic checkpoints.
-            return
+        # On every rank, in place of Lightning's own SIGTERM handler (which kills the other ranks at once): a
+        # cluster signals every process, a user's `kill` perhaps one; the ranks agree on the stop below.
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._request)
 
     def on_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.requested is None or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return  # the same batch on every rank: none of them asks the others below
+        signum = self.requested or 0
+        if trainer.world_size > 1:
+            # Every rank stops after the same optimizer step, as soon as any rank was signalled, and all take
+            # part in the one checkpoint (under FSDP its state is gathered from every rank); each exits as the
+            # signalled one does. One small all-reduce a step.
+            from torch.distributed import ReduceOp  # here: a torch built without distributed runs one process
+
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device), reduce_op=ReduceOp.MAX))
+        if not signum:
             return
         # The step is trained: hand its metrics to the loggers as Lightning would right after this hook, which
         # the stop skips, so TensorBoard's curves have no gap where the run resumes. (Private to Lightning.)
@@ -69,10 +79,11 @@ class GracefulInterrupt(AfterOptimizerStep):
             logger.save()
         # Several GB for large models: say so before the wait, and that a second Ctrl-C keeps the old file.
         size = tensor_bytes([pl_module.state_dict(), *(o.state_dict() for o in trainer.optimizers)])
-        print(f"writing {self.ckpt_path} (about {human_bytes(size)}); Ctrl-C again stops at once and keeps the "
-              "previous checkpoint ...", file=sys.stderr, flush=True)
+        if trainer.is_global_zero:
+            print(f"writing {self.ckpt_path} (about {human_bytes(size)}); Ctrl-C again stops at once and keeps the "
+                  "previous checkpoint ...", file=sys.stderr, flush=True)
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)
-        raise TrainingInterrupted(self.requested, trainer.global_step, self.ckpt_path)
+        raise TrainingInterrupted(signum, trainer.global_step, self.ckpt_path)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
