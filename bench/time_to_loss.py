@@ -1,6 +1,6 @@
 """Wall time to a good model: the book's recipe against experiment=speedrun, one corpus, one machine, one run.
 
-    python bench/time_to_loss.py [--data ../shared/data/kjv.txt] [--budget 900] [--eval-every 50] [--eval-batches 20]
+    python bench/time_to_loss.py [--data ../shared/data/kjv.txt | --data stdlib] [--budget 900] [--eval-every 50] [--eval-windows 64]
                                  [--vocab-size 8192] [--out bench/results/time_to_loss] [--smoke]
 
 Three runs, one after the other, each composed from conf/ as train.py composes it and trained in this process:
@@ -13,13 +13,15 @@ Three runs, one after the other, each composed from conf/ as train.py composes i
 3. **speedrun+bpe**: the same with a BPE of --vocab-size trained on the corpus (tokenizer.py's training).
 
 Wall time counts training only: the seconds of the optimizer steps (forward, backward, update), not the
-evaluations, which every run makes on the same --eval-batches windows of the validation split every --eval-every
-steps. The speedrun's schedule (WSD's decay) is planned to end after --speedrun-share (a third) of the budget,
+evaluations, which every run makes on the first --eval-windows windows of the validation split (the same for every batch size)
+every --eval-every steps. The speedrun's schedule (WSD's decay) is planned to end after --speedrun-share (a third) of the budget,
 in steps timed on a short probe run first: the target of the issue is 3x less time.
 Bits per byte divide the summed loss by the UTF-8 bytes the scored tokens stand for, so runs with different
 tokenizers compare. Printed: a table of each run's best bits per byte, the wall time to the target and its ratio
 to the book's; written: the curves against wall time (--out.png) and the table (--out.md). ``--smoke`` runs
-every path for a few seconds on The Verdict.
+every path for a few seconds on The Verdict. ``--data stdlib`` is the second corpus, of another kind than the
+Bible's prose: this Python's standard library source (its top-level modules in name order, the first 4.1 MB),
+which every machine that runs this has.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ import argparse
 import os
 import platform
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,13 +83,16 @@ class Clock(L.Callback):
 
 def composed(name: str, overrides: list[str], data: Path, work: Path, args, max_steps: int):
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        return compose("train", overrides=[
+        cfg = compose("train", overrides=[
             *overrides, f"data.path={data}", "data.context_length=256", "trainer.accelerator=cpu",
             "trainer.precision=32-true", f"trainer.val_check_interval={args.eval_every}",
-            f"trainer.limit_val_batches={args.eval_batches}", "trainer.max_epochs=1000",
+            "trainer.max_epochs=1000",
             f"trainer.max_steps={max_steps}", "callbacks.sample_text=null", "callbacks.loss_plot=null",
             "callbacks.export_weights=null", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
             "~logger", f"run_dir={work / name}"])
+    # The same windows for every run, whatever its batch size: a run with larger batches scores no more text.
+    cfg.trainer.limit_val_batches = max(args.eval_windows // cfg.data.batch_size, 1)
+    return cfg
 
 
 def planned_steps(overrides: list[str], data: Path, work: Path, args) -> int:
@@ -111,6 +118,50 @@ def run(name: str, overrides: list[str], data: Path, work: Path, args, target: f
     return clock
 
 
+def optimizer_overhead(overrides: list[str], data: Path, work: Path, args, repeats: int = 5) -> str:
+    """Muon's cost per step against AdamW's on the speedrun model (GPT-2's BPE): the optimizer step alone, best of
+    ``repeats``, next to the forward and backward of one batch."""
+    from gptlit.training.muon import MuonAdamW
+
+    cfg = composed("overhead", overrides, data, work, args, max_steps=1)
+    _, module, _ = build(cfg)
+    model = module.model
+    tokens = torch.randint(0, model.cfg.vocab_size, (cfg.data.batch_size, cfg.data.context_length))
+
+    def best(work_once) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            work_once()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    def forward_backward():
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten()).backward()
+
+    step = best(forward_backward)
+    muon = MuonAdamW(model, lr=1e-9, adamw_lr=1e-9)  # tiny rates: the weights stay as they are
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-9)
+    muon_s, adamw_s = best(muon.step), best(adamw.step)
+    return (f"optimizer step alone (speedrun model, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+            f"parameters, batch {cfg.data.batch_size} x {cfg.data.context_length}): AdamW {adamw_s * 1e3:.0f} ms, "
+            f"Muon + AdamW {muon_s * 1e3:.0f} ms (Newton-Schulz in {muon.muon.ns_dtype}); forward + backward "
+            f"{step * 1e3:.0f} ms; Muon's step costs {(muon_s - adamw_s) / (step + adamw_s) * 100:.0f}% more time "
+            f"per training step than AdamW's")
+
+
+def machine() -> str:
+    """The CPU's model name (platform.processor() is empty or just the architecture on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
     return next((seconds for seconds, bpb in curve if bpb <= target), None)
 
@@ -120,7 +171,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "kjv.txt"))
     parser.add_argument("--budget", type=float, default=900.0, help="seconds of training for the book's recipe")
     parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--eval-batches", type=int, default=20)
+    parser.add_argument("--eval-windows", type=int, default=64, help="validation windows scored at each evaluation")
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--max-steps", type=int, default=1_000_000)
     parser.add_argument("--speedrun-share", type=float, default=1 / 3,
@@ -129,10 +180,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        args.budget, args.eval_every, args.eval_batches, args.vocab_size, args.max_steps = 3.0, 2, 2, 512, 6
-    data = Path(args.data).resolve()
+        args.budget, args.eval_every, args.eval_windows, args.vocab_size, args.max_steps = 3.0, 2, 4, 512, 6
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        data = stdlib_corpus(work / "python-stdlib.txt") if args.data == "stdlib" else Path(args.data).resolve()
         smoke = SMOKE if args.smoke else {"book": [], "speedrun": []}
         book_overrides = [*BOOK, *smoke["book"]]
         book = run("book", book_overrides, data, work, args, target=None, max_steps=args.max_steps)
@@ -143,8 +194,9 @@ def main() -> None:
             overrides = [*SPEEDRUN, *smoke["speedrun"], *extra]
             steps = min(planned_steps(overrides, data, work, args), args.max_steps)
             runs[name] = run(name, overrides, data, work, args, target, max_steps=steps)
-    lines = [f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; corpus {data.name} "
-             f"({data.stat().st_size / 1e6:.1f} MB); budget {args.budget:.0f} s of training; target: the book's "
+        size = data.stat().st_size
+        overhead = optimizer_overhead([*SPEEDRUN, *smoke["speedrun"]], data, work, args)
+    lines = [f"{machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; corpus {data.name} ({size / 1e6:.1f} MB); budget {args.budget:.0f} s of training; target: the book's "
              f"best val bpb {target:.4f}", "",
              "| run | evaluations | training s | best val bpb | s to target | x less time than book |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -156,12 +208,25 @@ def main() -> None:
                      f"{reached:.0f} | {ratio} |" if reached else
                      f"| {name} | {len(clock.curve)} | {clock.seconds:.0f} | {min(b for _, b in clock.curve):.4f} | "
                      f"- | {ratio} |")
+    lines += ["", overhead]
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
         plot(runs, target, out.with_suffix(".png"))
+
+
+def stdlib_corpus(path: Path, size: int = 4_100_000) -> Path:
+    """This Python's standard library source as one text file of about ``size`` bytes (see the module's doc)."""
+    parts, total = [], 0
+    for module in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        parts.append(module.read_text(encoding="utf-8", errors="replace"))
+        total += len(parts[-1].encode("utf-8"))
+        if total >= size:
+            break
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
 
 
 def documents_of(path: Path):
