@@ -78,3 +78,11 @@ def test_recipe_runs_on_fixture_data(tmp_path, verdict_text, recipe):
         assert len(decayed) == 1 and len(trainer.optimizers[0].param_groups) == 2
     if recipe == "tinystories":
         assert "val" in trainer.datamodule.token_paths  # the dataset's own validation split
+
+
+@pytest.mark.parametrize("recipe", ["gpt2_124m_fineweb", "tinystories", "gutenberg"])
+def test_long_recipes_write_last_checkpoint_every_half_hour(recipe):
+    # An epoch of these runs lasts hours (FineWeb-Edu's is the whole run): last.ckpt only at epoch ends would lose
+    # everything to a kill without a signal.
+    cfg = compose_config("run_dir=unused", f"experiment={recipe}")
+    assert cfg.callbacks.last_checkpoint.every_n_minutes == 30
