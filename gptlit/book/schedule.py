@@ -34,7 +34,8 @@ class BookSchedule(AfterOptimizerStep):
     it does not evaluate too.
 
     The schedule is keyed on optimizer steps (gptlit.training.callbacks.optimizer_step): a step evaluates once,
-    whether it took several accumulated batches, and a skipped batch evaluates nothing. Lightning calls the callbacks' ``on_train_batch_end`` in list order, before the
+    whether it took several accumulated batches, and a skipped batch evaluates nothing. Lightning calls the
+    callbacks' ``on_train_batch_end`` in list order, before the
     module's; this callback puts itself first, so that every other callback sees the step with its evaluation
     done: a checkpoint (GracefulInterrupt's included) holds the evaluation and its random draws, and Throughput
     hears of it (``on_validation_epoch_start``/``_end``, as for Lightning's own evaluations) and leaves it out.

@@ -239,7 +239,7 @@ class GPTLitModule(L.LightningModule):
             self.logger.experiment.add_custom_scalars(
                 {"loss": {"train vs val": ["Multiline", ["train/loss", "val/loss"]]}}
             )
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self._several_processes():
             # trainer.precision=auto is decided once per machine: the ranks Lightning starts inherit the first
             # process's choice (gptlit.planning.precision.training_precision), but srun and other machines' ranks
             # measure their own, and machines that measured differently would train one model in two precisions.
@@ -258,12 +258,15 @@ class GPTLitModule(L.LightningModule):
             random.seed(seed)
             np.random.seed(seed)
 
+    def _several_processes(self) -> bool:
+        return self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_nonfinite()  # "stop" raises here, before anything is written
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["history"] = self.history
         checkpoint["rng_states"] = rng_states()
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self._several_processes():
             # Every rank's generators (rank 0 writes the file): each draws its own dropout masks.
             every: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(every, checkpoint["rng_states"])

@@ -1,5 +1,6 @@
-"""HellaSwag during training: every N optimizer steps (once a step, however many batches it accumulated), logged as ``eval/hellaswag`` (acc_norm) and
-``eval/hellaswag_acc``, and printed on one line. Enabled by ``callbacks=hellaswag`` (conf/callbacks/hellaswag.yaml)."""
+"""HellaSwag during training: every N optimizer steps (once a step, however many batches it accumulated), logged
+as ``eval/hellaswag`` (acc_norm) and ``eval/hellaswag_acc``, and printed on one line. Enabled by
+``callbacks=hellaswag`` (conf/callbacks/hellaswag.yaml)."""
 
 from __future__ import annotations
 
