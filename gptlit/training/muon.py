@@ -29,6 +29,7 @@ from torch import nn
 from torch.optim._muon import _adjust_lr  # torch's own rate scaling, "original" or "match_rms_adamw"
 
 from gptlit.errors import UserError
+from gptlit.planning.flops import measure_matmul_flops
 from gptlit.training.optimizer import check_rate
 
 
@@ -69,19 +70,11 @@ def orthogonalized(update: torch.Tensor, coefficients: tuple[float, float, float
 
 
 def fastest_dtype(shape: torch.Size, device: torch.device) -> torch.dtype:
-    """bfloat16 or float32, whichever multiplies a Gram matrix of this shape faster here (best of three)."""
-    import time
-
-    times = {}
-    for dtype in (torch.bfloat16, torch.float32):
-        x = torch.randn(min(shape), max(shape), device=device, dtype=dtype)
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            (x @ x.T).sum().item()  # .item() waits for an accelerator
-            best = min(best, time.perf_counter() - started)
-        times[dtype] = best
-    return min(times, key=times.get)
+    """bfloat16 or float32, whichever multiplies a Gram matrix of this shape faster here (the planner's timing:
+    best of three, after a warm-up, on a generator of its own, so training's random numbers stay untouched)."""
+    gram = [(min(shape), max(shape), min(shape), 1)]
+    return max((torch.bfloat16, torch.float32),
+               key=lambda dtype: measure_matmul_flops(device, dtype, repeats=3, shapes=gram))
 
 
 class DtypeMuon(torch.optim.Muon):
