@@ -1,40 +1,32 @@
-"""Callbacks and a strategy that tests put into real training runs, as objects or by name (`_target_`)."""
+"""Callbacks that tests put into real training runs, as objects or by name (`_target_`)."""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
 import torch
-import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
-
-from gptlit.core.model import TransformerBlock
 
 
-class ShardedLikeFSDP(DDPStrategy):
-    """DDP on gloo with FSDP's two collective demands, so a CPU run shows what would hang under FSDP on GPUs.
+class ModelBuildProbe(L.Callback):
+    """Writes, per rank, to ``dirpath/build-rank<N>.json``: the device the module's weights were built on (before
+    the strategy set the model up) and the elements of the weights this rank holds once training starts."""
 
-    Each transformer block's forward waits for every rank (FSDP gathers the block's shards there), and the full
-    state dict is gathered collectively into copies on rank zero, the others getting nothing (FSDP's full
-    state dict). A rank that runs either alone leaves the others waiting; the timeout turns that into an error.
-    """
+    def __init__(self, dirpath: str):
+        self.path, self.facts = Path(dirpath), {}
 
-    def __init__(self, **kwargs):
-        super().__init__(timeout=timedelta(seconds=60), **kwargs)
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.facts["built_on"] = next(pl_module.model.parameters()).device.type
 
-    def setup(self, trainer: L.Trainer) -> None:
-        super().setup(trainer)
-        for module in self.lightning_module.modules():
-            if isinstance(module, TransformerBlock):
-                module.register_forward_pre_hook(lambda *args: dist.barrier())
+    def on_train_start(self, trainer, pl_module) -> None:
+        local = [getattr(p, "to_local", lambda: p)() for p in pl_module.model.parameters()]
+        self.facts["held"] = sum(t.numel() for t in local)
+        self.facts["whole"] = sum(p.numel() for p in pl_module.model.parameters())
 
-    def lightning_module_state_dict(self) -> dict[str, torch.Tensor]:
-        dist.barrier()
-        state = super().lightning_module_state_dict()
-        return {k: v.detach().clone() for k, v in state.items()} if self.global_rank == 0 else {}
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / f"build-rank{trainer.global_rank}.json").write_text(json.dumps(self.facts))
 
 
 class NonFiniteLoss(L.Callback):
@@ -58,7 +50,7 @@ class NonFiniteLoss(L.Callback):
 
 
 class RecordWeights(L.Callback):
-    """Write, per rank, a checksum of the weights after every optimizer step to ``dirpath/weights-rank<N>.json``."""
+    """Write, per rank, a checksum of its weights after every optimizer step to ``dirpath/weights-rank<N>.json``."""
 
     def __init__(self, dirpath: str):
         self.path = Path(dirpath)
@@ -66,7 +58,9 @@ class RecordWeights(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
         with torch.no_grad():
-            self.sums[trainer.global_step] = sum(p.double().sum().item() for p in pl_module.model.parameters())
+            # This rank's part of the weights: all of them under DDP, its shard under FSDP.
+            local = (getattr(p, "to_local", lambda: p)() for p in pl_module.model.parameters())
+            self.sums[trainer.global_step] = sum(t.double().sum().item() for t in local)
 
     def on_train_end(self, trainer, pl_module) -> None:
         (self.path / f"weights-rank{trainer.global_rank}.json").write_text(json.dumps(self.sums))

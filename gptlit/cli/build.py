@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -23,13 +25,14 @@ from gptlit.files import atomic_write
 from gptlit.planning.precision import AUTO, training_precision
 from gptlit.training.process_rank import started_as_global_zero
 from gptlit.training.checkpoint_io import SafeCheckpointIO
+from gptlit.training.fsdp import FullyShardedStrategy
 from gptlit.training.loggers import log_hyperparameters
 from gptlit.training.module import GPTLitModule
 from gptlit.weights.io import check_fits, check_same_config, read_resume_checkpoint
 
 
 # What GPTLitModule logs at each evaluation, already summed across ranks (GPTLitModule.on_validation_epoch_end).
-EVALUATION_METRICS = ("val/loss", "train/loss", "val/perplexity", "train/tokens_seen", "step")
+EVALUATION_METRICS = ("val/loss", "train/loss", "val/perplexity", "val/bpb", "train/tokens_seen", "step")
 
 
 def quiet_known_warnings(cfg: DictConfig) -> None:
@@ -77,20 +80,40 @@ def check_trainer(trainer: DictConfig) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise UserError(f"trainer.{key} must be a number of batches or steps (an integer) or a fraction "
                             f"(0.0 to 1.0), got {value!r}")
-    if is_fsdp(trainer.get("strategy")) and resolve_device_type(accelerator) != "cuda":
-        raise UserError(f"trainer=fsdp needs CUDA GPUs, but this run's device is {resolve_device_type(accelerator)} "
-                        f"(trainer.accelerator={accelerator}); run it on a GPU machine, or try data-parallel "
-                        "training on the CPU with trainer=ddp trainer.accelerator=cpu")
+    strategy = trainer.get("strategy")
+    if lightning_fsdp1(strategy):
+        raise UserError(f"trainer.strategy={strategy_name(strategy)} is Lightning's first FSDP, which gptlit does not "
+                        "train with; use trainer=fsdp (FSDP2, gptlit.training.fsdp.FullyShardedStrategy)")
+    if sharded(strategy) and resolve_device_type(accelerator) == "mps":
+        raise UserError("trainer=fsdp runs on CUDA GPUs and on CPUs, not on Apple GPUs (no distributed backend for "
+                        "MPS); train on one Apple GPU with trainer=mps, or on the CPU with trainer.accelerator=cpu")
 
 
-def is_fsdp(strategy) -> bool:
-    """Lightning's FSDP strategy, by its registry name ("fsdp", "fsdp_cpu_offload", ...) or a class derived from it;
-    a strategy that only has FSDP in its name (tests/training_parts.ShardedLikeFSDP) is not."""
-    if OmegaConf.is_dict(strategy):
-        try:
-            return issubclass(get_class(strategy.get("_target_", "")), FSDPStrategy)
-        except Exception:  # an unknown class is reported where Hydra instantiates it, with Hydra's message
-            return False
+def strategy_name(strategy) -> str:
+    return strategy.get("_target_", "") if OmegaConf.is_dict(strategy) else str(strategy)
+
+
+def strategy_class(strategy) -> type | None:
+    if not OmegaConf.is_dict(strategy):
+        return None
+    try:
+        return get_class(strategy.get("_target_", ""))
+    except Exception:  # an unknown class is reported where Hydra instantiates it, with Hydra's message
+        return None
+
+
+def sharded(strategy) -> bool:
+    """Whether the run shards its weights across ranks: trainer=fsdp (gptlit.training.fsdp)."""
+    cls = strategy_class(strategy)
+    return cls is not None and issubclass(cls, FullyShardedStrategy)
+
+
+def lightning_fsdp1(strategy) -> bool:
+    """Lightning's FSDPStrategy (torch's first FSDP, flat parameters), by class or by registry name ("fsdp",
+    "fsdp_cpu_offload", ...)."""
+    cls = strategy_class(strategy)
+    if cls is not None:
+        return issubclass(cls, FSDPStrategy)
     return str(strategy or "").lower().startswith("fsdp")
 
 
@@ -160,7 +183,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, GPTLitModule, L.Train
     # A missing, damaged, unsafe or weights-only checkpoint is reported before anything is built or written.
     # Mapped, not read into memory: Lightning restores it whole afterwards, optimizer state included.
     resume_from = read_resume_checkpoint(cfg.ckpt_path, mmap=True) if cfg.ckpt_path else None
-    module = instantiate(cfg.module)
+    # Sharded runs build the model once: rank zero in full, the other ranks on the meta device, where it takes
+    # no memory, until the strategy shards it and hands each rank its part of rank zero's weights.
+    with torch.device("meta") if sharded(cfg.trainer.get("strategy")) and not started_as_global_zero() else nullcontext():
+        module = instantiate(cfg.module)
     module.check_optimization()
     if resume_from is not None:
         check_fits(module.model, resume_from)  # a checkpoint of another size names the model= that fits it

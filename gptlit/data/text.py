@@ -19,7 +19,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from gptlit.errors import UserError, check_int
 from gptlit.files import fetch
-from gptlit.data.shard_sampler import BatchShardSampler
+from gptlit.data.shard_sampler import BatchShardSampler, PaddedWindows
 from gptlit.core.tokenizer import Tokenizer, load_tokenizer
 
 VERDICT_URL = (
@@ -291,6 +291,7 @@ class TextDataModule(L.LightningDataModule):
                 sampler = BatchShardSampler(
                     dataset, self.batch_size, **ranks, shuffle=shuffle, seed=seed, drop_last=drop_last
                 )
+                dataset = PaddedWindows(dataset)
             else:
                 # drop_last trims the tail so that every rank gets as many windows, none repeated; each rank's
                 # share is then cut to whole steps, dropping the last windows of the common order.

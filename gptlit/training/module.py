@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.core.families import ModelConfig, build_model, model_config
 from gptlit.core.tokenizer import load_tokenizer
+from gptlit.data.shard_sampler import is_filler
 from gptlit.errors import UserError
 from gptlit.training.nonfinite import NonFiniteGuard
 from gptlit.console import show
@@ -88,6 +89,13 @@ class GPTLitModule(L.LightningModule):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
+
+    def configure_model(self) -> None:
+        """Shard the model where the strategy shards (trainer=fsdp: gptlit.training.fsdp), on every rank, before
+        the optimizer is built; everywhere else the model stays as it is."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None:
+            shard(self.model)
 
     def check_optimization(self) -> None:
         """Build the optimizer and the schedule once, and drop them, so that a bad setting (optimizer.lr=abc) is
@@ -182,6 +190,8 @@ class GPTLitModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
         inputs, targets = batch
         logits = self.model(inputs)
+        if self.trainer.world_size > 1 and is_filler(targets):
+            return  # run only so that this rank takes part in the others' forward (gptlit.data.shard_sampler)
         loss = cross_entropy(logits, targets)
         self._eval_batches[dataloader_idx].append(
             torch.stack([loss.detach().float(), *nats_and_bytes(logits, targets, self._byte_lengths)])
@@ -230,8 +240,10 @@ class GPTLitModule(L.LightningModule):
         with np.errstate(invalid="ignore"):  # inf - inf: the high part carries the non-finite value alone
             low = np.nan_to_num(exact - high, nan=0.0).astype(np.float32)
         pairs = torch.from_numpy(np.stack([high, low])).to(self.device)
-        gathered = self.trainer.strategy.all_gather(pairs).cpu().numpy().astype(np.float64)
-        return gathered.reshape(-1, *exact.shape).sum(axis=0).tolist()
+        gathered = [torch.empty_like(pairs) for _ in range(self.trainer.world_size)]
+        torch.distributed.all_gather(gathered, pairs)
+        every = torch.stack(gathered).cpu().numpy().astype(np.float64)
+        return every.reshape(-1, *exact.shape).sum(axis=0).tolist()
 
     def on_fit_start(self) -> None:
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
@@ -298,15 +310,12 @@ class GPTLitModule(L.LightningModule):
 def global_grad_norm(module: L.LightningModule, max_norm: float | None) -> torch.Tensor:
     """The norm of all gradients together, clipping them to ``max_norm`` first when it is set, with
     torch.nn.utils.clip_grad_norm_ as the book's appendix D calls it. Under FSDP each rank holds a shard of
-    the gradients: the FSDP root computes the norm across ranks."""
-    from torch.distributed.fsdp import FullyShardedDataParallel  # on first use, not on importing gptlit
-
-    root = module.trainer.strategy.model
-    if isinstance(root, FullyShardedDataParallel):
-        return root.clip_grad_norm_(math.inf if max_norm is None else max_norm)
+    every gradient (a DTensor): torch adds the shards' squares across ranks, and every rank reads the whole."""
     if max_norm is None:
-        return torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
-    return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm=max_norm)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in module.parameters() if p.grad is not None])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm=max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 def nats_and_bytes(logits: torch.Tensor, targets: torch.Tensor, byte_lengths: torch.Tensor) -> torch.Tensor:

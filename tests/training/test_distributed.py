@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptlit.data.shard_sampler import BatchShardSampler
+from gptlit.data.shard_sampler import BatchShardSampler, PaddedWindows, is_filler
 from gptlit.weights.io import read_checkpoint, read_weights
 
-from ..conftest import ROOT, compose_config
+from ..conftest import ROOT
 
 # End-to-end runs of minutes: the whole suite (make test, CI) runs them, make test-quick leaves them out.
 pytestmark = pytest.mark.slow
@@ -72,7 +72,8 @@ def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 
 @pytest.mark.parametrize(
     ("n", "batch_size", "world", "drop_last", "shuffle"),
-    [(15, 2, 2, False, False), (15, 4, 3, False, True), (16, 2, 2, True, True), (15, 2, 2, True, False)],
+    [(15, 2, 2, False, False), (15, 4, 3, False, True), (16, 2, 2, True, True), (15, 2, 2, True, False),
+     (9, 2, 4, False, True)],
 )
 def test_batch_shard_sampler_deals_each_single_process_batch_to_one_rank(n, batch_size, world, drop_last, shuffle):
     dataset = range(n)
@@ -83,13 +84,33 @@ def test_batch_shard_sampler_deals_each_single_process_batch_to_one_rank(n, batc
         indices = list(sampler)
         assert len(indices) == len(sampler)
         shards.append([indices[i : i + batch_size] for i in range(0, len(indices), batch_size)])
+    # Every rank runs as many batches (under FSDP each forward takes all ranks); the short ones end with whole
+    # batches of the filler index, which PaddedWindows maps to a window with nothing to score.
+    assert len({len(shard) for shard in shards}) == 1
+    fillers = [[batch for batch in shard if batch == [n] * batch_size] for shard in shards]
+    assert sum(map(len, fillers)) == -len(single_process_batches(n, batch_size, drop_last)) % world
+    shards = [[batch for batch in shard if n not in batch] for shard in shards]
     # Interleaving the ranks' batches round-robin gives back the single process's batches, in order.
     merged = [shards[k % world][k // world] for k in range(sum(map(len, shards)))]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(7 + 3)).tolist() if shuffle else list(range(n))
-    single = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if drop_last and len(single[-1]) < batch_size:
-        single.pop()
-    assert merged == single
+    assert merged == [[order[i] for i in batch] for batch in single_process_batches(n, batch_size, drop_last)]
+
+
+def single_process_batches(n: int, batch_size: int, drop_last: bool) -> list[list[int]]:
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return batches[:-1] if drop_last and len(batches[-1]) < batch_size else batches
+
+
+def test_a_filler_window_keeps_the_input_and_scores_nothing():
+    windows = [(torch.tensor([1, 2]), torch.tensor([2, 3])), (torch.tensor([3, 4]), torch.tensor([4, 5]))]
+    padded = PaddedWindows(windows)
+    assert len(padded) == 2 and padded[1] == windows[1]
+    inputs, targets = padded[2]
+    assert inputs.tolist() == [1, 2] and targets.tolist() == [-100, -100]
+    assert is_filler(targets[None]) and not is_filler(windows[0][1][None])
+    # cross_entropy's default ignore_index: such a target is not scored.
+    logits = torch.randn(2, 5)
+    assert torch.isnan(torch.nn.functional.cross_entropy(logits, targets))
 
 
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, verdict_path):
@@ -124,42 +145,16 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert max_weight_diff(final_weights(half_dir), one_weights) > 1e-2
 
 
-@pytest.mark.parametrize("model", ["gpt774m", "gpt1558m", "llama3_2_1b", "qwen3_0_6b"])
-def test_fsdp_config_shards_the_model_one_transformer_block_at_a_time(model):
-    from hydra.utils import instantiate
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from gptlit.core import llama
-    from gptlit.core.families import build_model, model_config
-    from gptlit.core.model import TransformerBlock
-
-    cfg = compose_config(f"model={model}", "trainer=fsdp", "trainer.num_nodes=2", "run_dir=.")
-    strategy = instantiate(cfg.trainer.strategy)
-    assert isinstance(strategy, FSDPStrategy) and cfg.trainer.num_nodes == 2
-    assert strategy._state_dict_type == "full"
-    # The policies pick exactly the model's transformer blocks (a model of the same depth, narrower, to
-    # keep the test small).
-    full = instantiate(cfg.model)
-    narrow = {"emb_dim": 2 * full.n_heads, "vocab_size": 10, "hidden_dim": 8, "head_dim": 2, "context_length": 8}
-    config = model_config({**full.to_dict(), **narrow})
-    gpt = build_model(config)
-    blocks = {m for m in gpt.modules() if isinstance(m, (TransformerBlock, llama.TransformerBlock))}
-    assert len(blocks) == config.n_layers
-    checkpointing = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
-    for policy in (strategy.kwargs["auto_wrap_policy"], checkpointing):
-        assert set(policy._run_policy(gpt, set(), {})) - {gpt} == blocks
-
-
-def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_path, verdict_path):
-    # tests/training_parts.ShardedLikeFSDP makes a block's forward and the state-dict gather collective, as
-    # they are under FSDP: a sample or an export run on rank zero alone would leave rank one waiting (and fail
-    # at the 60 s timeout). Rank one's loss at step 2 is NaN: with module.on_nonfinite=skip both ranks must
-    # skip that update, or the gradient all-reduce pairs a rank that skipped backward with one that did not.
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_path, verdict_path, trainer):
+    # Under FSDP a block's forward and the full state dict's gather take every rank: a sample or an export run on
+    # rank zero alone would leave rank one waiting. Rank one's loss at step 2 is NaN: with module.on_nonfinite=skip
+    # both ranks must skip that update, or the gradient all-reduce (reduce-scatter under FSDP) pairs a rank that
+    # skipped backward with one that did not.
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable, str(ROOT / "train.py"), "model=tiny", f"data.path={verdict_path}", "data.context_length=32",
-        "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-        "trainer.strategy._target_=tests.training_parts.ShardedLikeFSDP",
+        f"trainer={trainer}", "trainer.devices=2", "trainer.accelerator=cpu",
         "trainer.max_steps=6", "+trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
         "trainer.val_check_interval=3", "module.on_nonfinite=skip", "sample.max_new_tokens=5",
         "+callbacks.nan._target_=tests.training_parts.NonFiniteLoss", "+callbacks.nan.rank=1",
@@ -176,8 +171,10 @@ def test_epoch_end_sampling_export_and_a_skipped_step_take_every_rank_along(tmp_
     assert skipped == ["warning: training loss of another process is not finite at step 2 (epoch 1, batch 2); "
                        "batch skipped"]
     ranks = [json.loads((run_dir / f"weights-rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0] == ranks[1]  # the replicas stayed equal
-    assert ranks[0]["2"] == ranks[0]["1"] and ranks[0]["3"] != ranks[0]["2"]  # step 2 left the weights alone
+    if trainer == "ddp":
+        assert ranks[0] == ranks[1]  # the replicas stayed equal
+    for weights in ranks:  # each rank's replica or shard
+        assert weights["2"] == weights["1"] and weights["3"] != weights["2"]  # step 2 left the weights alone
 
     final = {k.removeprefix("model."): v for k, v in final_weights(run_dir).items()}
     for name in ("model.safetensors", "model.pth"):
@@ -245,13 +242,13 @@ def test_two_nodes_on_one_machine_match_two_devices_and_tokenize_once(tmp_path, 
     torch.testing.assert_close(eval_losses(run_dir), eval_losses(devices), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(("trainer", "signum"), [("ddp", "SIGTERM"), ("ddp", "SIGINT"), ("fsdp", "SIGTERM")])
 def test_a_signal_to_one_rank_stops_every_rank_at_one_step_with_one_checkpoint_that_resumes(
-        tmp_path, verdict_path, signum):
+        tmp_path, verdict_path, trainer, signum):
     # The signal reaches rank 1 only (a user's kill; a cluster signals all): both ranks stop after the same
     # optimizer step, rank 0 writes last.ckpt and the resume command, and the resumed run ends where the
     # uninterrupted one does, bit for bit (dropout on, shuffled, each rank its own random states).
-    ddp = ("trainer=ddp", "trainer.devices=2", "data.shuffle=true", "model.drop_rate=0.1", "trainer.max_steps=12")
+    ddp = (f"trainer={trainer}", "trainer.devices=2", "data.shuffle=true", "model.drop_rate=0.1", "trainer.max_steps=12")
     whole, _ = run_train(tmp_path / "whole", verdict_path, *ddp)
     cut, out = run_train(tmp_path / "cut", verdict_path, *ddp, "+callbacks.signal._target_=tests.training_parts.SignalAtStep",
                          "+callbacks.signal.step=4", "+callbacks.signal.rank=1", f"+callbacks.signal.signum={signum}",

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
 
 from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import check_int
 from gptlit.evaluation import hellaswag
 from gptlit.training.callbacks.optimizer_step import AfterOptimizerStep
+from gptlit.training.fsdp import shards_weights
 
 
 class HellaSwagEval(AfterOptimizerStep):
@@ -36,13 +36,16 @@ class HellaSwagEval(AfterOptimizerStep):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Read (downloading once) before training starts, so a missing file stops the run at once.
-        if self.items is None and trainer.is_global_zero:
-            self.items = hellaswag.read_items(hellaswag.locate(*self.source), self.limit)
+        if self.items is None:
+            if trainer.is_global_zero:
+                self.items = hellaswag.read_items(hellaswag.locate(*self.source), self.limit)
+            if shards_weights(trainer):
+                self.items = trainer.strategy.broadcast(self.items)  # read once, scored by every rank
 
-    @rank_zero_only
     def on_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps or not self.items:
+        # Rank zero scores; where the weights are sharded every rank runs the same forward passes with it.
+        if step % self.every_n_steps or not self.items or not (trainer.is_global_zero or shards_weights(trainer)):
             return
         model = pl_module.model
         was_training = model.training
@@ -53,6 +56,8 @@ class HellaSwagEval(AfterOptimizerStep):
                                              tokenizer=load_tokenizer(getattr(pl_module, "tokenizer_path", None)))
         finally:
             model.train(was_training)
+        if not trainer.is_global_zero:
+            return
         if trainer.logger:
             trainer.logger.log_metrics({"eval/hellaswag": result["acc_norm"], "eval/hellaswag_acc": result["acc"]}, step)
         pl_module.print(f"HellaSwag at step {step}: acc_norm {result['acc_norm']:.4f}, acc {result['acc']:.4f} "
