@@ -84,8 +84,3 @@ class PaddedWindows(Dataset):
             inputs, targets = self.windows[0]
             return inputs, torch.full_like(targets, IGNORE)
         return self.windows[i]
-
-
-def is_filler(targets: torch.Tensor) -> bool:
-    """Whether a batch is BatchShardSampler's filler (reads one element from the device)."""
-    return bool(targets[0, 0] == IGNORE)

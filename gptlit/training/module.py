@@ -14,7 +14,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from gptlit.core.families import ModelConfig, build_model, model_config
 from gptlit.core.tokenizer import load_tokenizer
-from gptlit.data.shard_sampler import is_filler
 from gptlit.errors import UserError
 from gptlit.training.nonfinite import NonFiniteGuard
 from gptlit.console import show
@@ -190,8 +189,10 @@ class GPTLitModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
         inputs, targets = batch
         logits = self.model(inputs)
-        if self.trainer.world_size > 1 and is_filler(targets):
-            return  # run only so that this rank takes part in the others' forward (gptlit.data.shard_sampler)
+        if self.trainer.world_size > 1 and bool(targets[0, 0] < 0):
+            # A filler batch (gptlit.data.shard_sampler.PaddedWindows), no target to score: run only so that this
+            # rank takes part in the other ranks' forward passes.
+            return
         loss = cross_entropy(logits, targets)
         self._eval_batches[dataloader_idx].append(
             torch.stack([loss.detach().float(), *nats_and_bytes(logits, targets, self._byte_lengths)])

@@ -254,9 +254,8 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
                      "the CPU with trainer=cpu, or use the default trainer, which picks the device this machine has",
                      marks=pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
                                               reason="this machine has a GPU")),
-        ("train.py", ["trainer=fsdp", "trainer.accelerator=cpu"], "error: trainer=fsdp needs CUDA GPUs, but this run's "
-         "device is cpu (trainer.accelerator=cpu); run it on a GPU machine, or try data-parallel training on the CPU "
-         "with trainer=ddp trainer.accelerator=cpu"),
+        ("train.py", ["trainer=ddp", "trainer.strategy=fsdp"], "error: trainer.strategy=fsdp is Lightning's first "
+         "FSDP, which gptlit does not train with; use trainer=fsdp (FSDP2, gptlit.training.fsdp.FullyShardedStrategy)"),
         ("train.py", ["trainer.max_epochs=abc"], "error: trainer.max_epochs must be an integer, -1 for no limit, "
          "got 'abc'"),
         ("train.py", ["trainer.val_check_interval=x"], "error: trainer.val_check_interval must be a number of batches "

@@ -139,3 +139,15 @@ def test_an_fsdp_checkpoint_resumes_in_one_process_and_a_ddp_one_under_fsdp(tmp_
     # Up to the order of float sums (test_distributed: 2e-5 in any weight after 6 steps).
     assert max_weight_diff(final_weights(one_dir), final_weights(whole_dir)) < 1e-4
     assert max_weight_diff(final_weights(back_dir), final_weights(whole_dir)) < 1e-4
+
+
+@pytest.mark.slow
+def test_the_books_schedule_under_fsdp_prints_ddps_lines(tmp_path, verdict_path):
+    # BookSchedule runs the module's validation step itself, outside Lightning's loop: under FSDP every rank
+    # must take part in it, or rank 0 waits in the first block's all-gather.
+    book = ("experiment=book_ch5", "model=tiny", "trainer.devices=2", "trainer.max_steps=7", "model.drop_rate=0.1")
+    lines = {}
+    for trainer in ("ddp", "fsdp"):
+        _, out = run_train(tmp_path / trainer, verdict_path, f"trainer={trainer}", *book)
+        lines[trainer] = [line for line in out.splitlines() if line.startswith("Ep 1 (Step")]
+    assert lines["fsdp"] == lines["ddp"] and len(lines["ddp"]) == 2, lines
