@@ -4,7 +4,8 @@
 
 Each is skipped where torch sees no CUDA GPU (tests/conftest.py), and so has not yet run in CI: bf16-mixed
 training, TF32 matmuls, fused AdamW on the device, CUDA's random states in a checkpoint and a resume under
-them, flash attention for the model's attention, and DDP over NCCL (two GPUs). docs/scaling.md lists them.
+them, flash attention for the model's attention, and DDP and FSDP over NCCL (two GPUs, FSDP in bf16).
+docs/scaling.md lists them.
 """
 
 from __future__ import annotations
@@ -62,10 +63,12 @@ def test_flash_attention_runs_the_models_attention():
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_ddp_over_nccl_on_two_gpus(tmp_path):
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_ddp_and_fsdp_over_nccl_on_two_gpus(tmp_path, trainer):
     run_dir = tmp_path / "run"
-    out = subprocess.run([sys.executable, "train.py", "model=tiny", "trainer=ddp", "trainer.accelerator=gpu",
-                          "trainer.devices=2", "trainer.max_steps=6", "data.context_length=32",
+    precision = ["trainer.precision=bf16-mixed"] if trainer == "fsdp" else []
+    out = subprocess.run([sys.executable, "train.py", "model=tiny", f"trainer={trainer}", "trainer.accelerator=gpu",
+                          "trainer.devices=2", "trainer.max_steps=6", "data.context_length=32", *precision,
                           f"data.path={find_verdict()}", f"hydra.run.dir={run_dir}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
