@@ -112,8 +112,10 @@ def test_fsdp_trains_as_ddp_does_builds_once_and_exports_the_books_weights(tmp_p
 @pytest.mark.parametrize("model", ["llama3_tiny", "qwen3_tiny"])
 def test_fsdp_trains_llama_and_qwen_with_their_tied_head_as_ddp_does(tmp_path, verdict_path, model):
     # Their head is the embedding (one tensor in the root's shard) and RoPE's tables are buffers outside the state
-    # dict, computed on each rank after sharding.
-    common = (f"model={model}", "trainer.devices=2", "trainer.max_steps=3", "trainer.val_check_interval=3")
+    # dict, computed on each rank after sharding. Three micro-batches a step: FSDP reduce-scatters after each
+    # (the gradients stay sharded), DDP all-reduces after the last; the sums are the same.
+    common = (f"model={model}", "trainer.devices=2", "trainer.max_steps=3", "trainer.val_check_interval=3",
+              "data.batch_size=2", "trainer.tokens_per_step=384")
     ddp_dir, _ = run_train(tmp_path / "ddp", verdict_path, "trainer=ddp", *common)
     fsdp_dir, _ = run_train(tmp_path / "fsdp", verdict_path, "trainer=fsdp", *common)
     torch.testing.assert_close(eval_losses(fsdp_dir), eval_losses(ddp_dir), rtol=0, atol=1e-5)
