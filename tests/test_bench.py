@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 TABLE_LINES = {
     "book_ch5.py": "Training completed in",
     "book_appendix_d.py": "Training completed in",
+    "compile_speed.py": "compiled / eager:",
     "data_pipeline.py": "| corpus | files | tokens | tokenize |",
     "families_throughput.py": "| model | family | parameters | GFLOP/token |",
     "generation.py": "gptlit fp32 tokens identical to the book's: True",

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from gptlit.core.families import ModelConfig, build_model, model_config
 from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError
+from gptlit.training.compile import CompiledForward
 from gptlit.training.nonfinite import NonFiniteGuard
 from gptlit.console import show
 from gptlit.weights.io import init_model
@@ -81,6 +82,7 @@ class GPTLitModule(L.LightningModule):
         self._byte_lengths: torch.Tensor | None = None
         self._rng_states: dict[str, Any] | None = None
         self._mid_epoch = False
+        self._compiled_forward: CompiledForward | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -95,6 +97,20 @@ class GPTLitModule(L.LightningModule):
         shard = getattr(self.trainer.strategy, "shard", None)
         if shard is not None:
             shard(self.model)
+
+    def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The logits of training and validation steps: compiled under trainer.compile=true, eager otherwise.
+        Generation calls ``self.model`` and stays eager either way (gptlit.training.compile)."""
+        if not getattr(self.trainer, "compile_model", False):
+            return self.model(inputs)
+        if self._compiled_forward is None or self._compiled_forward.model is not self.model:
+            self._compile_forward()
+        return self._compiled_forward(inputs)
+
+    def _compile_forward(self) -> None:
+        # At the first step rather than when the module is built: by then the strategy has moved, wrapped or
+        # sharded self.model, and the compiled code is made for the model that trains.
+        self._compiled_forward = CompiledForward(self.model)
 
     def check_optimization(self) -> None:
         """Build the optimizer and the schedule once, and drop them, so that a bad setting (optimizer.lr=abc) is
@@ -147,7 +163,7 @@ class GPTLitModule(L.LightningModule):
         # metrics, and that chart would head TensorBoard's list, above the losses.
         self.log("step", float(self.global_step), batch_size=1)
         inputs, targets = batch
-        loss = cross_entropy(self.model(inputs), targets)
+        loss = cross_entropy(self._forward(inputs), targets)
         tokens = inputs.numel() * self.trainer.world_size
         where = f"at step {self.global_step + 1} (epoch {self.current_epoch + 1}, batch {batch_idx + 1})"
         # Never a host read of the loss here (see gptlit.training.nonfinite): a bad step is skipped on the device.
@@ -188,7 +204,7 @@ class GPTLitModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0):
         inputs, targets = batch
-        logits = self.model(inputs)
+        logits = self._forward(inputs)
         if self.trainer.world_size > 1 and bool(targets[0, 0] < 0):
             # A filler batch (gptlit.data.shard_sampler.PaddedWindows), no target to score: run only so that this
             # rank takes part in the other ranks' forward passes.

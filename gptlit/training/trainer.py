@@ -5,7 +5,8 @@ micro-batches of ``micro_batch_size x context_length`` tokens on each of the ``d
 accumulated over ``tokens_per_step / (micro-batch tokens x ranks)`` batches before one optimizer step (only the
 last of them synchronises gradients under DDP: Lightning skips the all-reduce of the others). ``max_tokens``
 ends the run after that many training tokens, rounded up to whole optimizer steps. ``val_check_interval``
-(an integer) counts optimizer steps whatever the accumulation, as it does without one.
+(an integer) counts optimizer steps whatever the accumulation, as it does without one. ``compile`` asks the
+module to run its training and evaluation forward through torch.compile (gptlit.training.compile).
 """
 
 from __future__ import annotations
@@ -57,8 +58,13 @@ class Trainer(L.Trainer):
         max_tokens: int | float | None = None,
         micro_batch_size: int = 1,
         context_length: int = 1,
+        compile: bool = False,
         **kwargs,
     ):
+        if not isinstance(compile, bool):
+            # "trainer.compile=maybe" reaches here as a string, and any non-empty string would be true.
+            raise UserError(f"trainer.compile must be true or false, got {compile!r}; set trainer.compile=true "
+                            "or trainer.compile=false")
         tokens_per_step = whole_number("trainer.tokens_per_step", tokens_per_step)
         max_tokens = whole_number("trainer.max_tokens", max_tokens)
         if max_tokens is not None and kwargs.get("max_steps", -1) not in (-1, None):
@@ -67,6 +73,8 @@ class Trainer(L.Trainer):
                 "(the other to null / -1)"
             )
         super().__init__(*args, **kwargs)
+        # Read by GPTLitModule, which compiles its forward at first use, after the strategy has placed the model.
+        self.compile_model = compile
         per_micro_batch = micro_batch_size * context_length * self.world_size
         self.accumulate_grad_batches = accumulation_steps(tokens_per_step, micro_batch_size, context_length,
                                                           self.world_size, self.accumulate_grad_batches)
