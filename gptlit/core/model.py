@@ -114,7 +114,9 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if self.book or x.device.type != "cpu" or self.dropped == 0:
+        # Under torch.compile (trainer.compile=true) the compiler draws the mask in a vectorised kernel of its own;
+        # random_ over the whole int64 range cannot be traced, and would split the graph at every dropout.
+        if self.book or x.device.type != "cpu" or self.dropped == 0 or torch.compiler.is_compiling():
             return F.dropout(x, self.p, True)
         n = x.numel()
         draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
