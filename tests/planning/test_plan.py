@@ -344,6 +344,25 @@ def test_plan_says_when_the_run_does_not_fit(monkeypatch):
     assert re.search(r"\n  fits +1\.00 TB  free on cpu now\n", describe(plan_run(shape)))
 
 
+def test_plan_py_under_fsdp_prints_one_ranks_share(tmp_path):
+    out = subprocess.run([sys.executable, "plan.py", *TINY_RUN, "trainer=fsdp", "trainer.accelerator=cpu",
+                          "trainer.devices=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    cfg = GPTConfig(**{**TINY_CFG, "context_length": 32})
+    memory = plan_memory(cfg, 2, 32, "cpu", shards=2, checkpointing=True)
+    assert "memory       per device, 32-true, sharded 2 ways (trainer=fsdp):\n" in out.stdout
+    assert f"  weights         {memory.weights / 1e6:.2f} MB\n" in out.stdout
+    assert re.search(r"\n  gathered +13\.0 MB  \(the full weights of two blocks and of the embeddings and head",
+                     out.stdout)
+    assert "(one micro-batch of 2; the blocks recomputed in the backward pass)" in out.stdout
+    # Two CPU processes share this machine's memory.
+    assert "predicted for the 2 processes on this machine, which share its memory" in out.stdout
+    # Muon's whole matrices cannot be sharded: refused as training would refuse it, in one line.
+    out = subprocess.run([sys.executable, "plan.py", *TINY_RUN, "trainer=fsdp", "trainer.accelerator=cpu",
+                          "trainer.devices=2", "optimizer=muon"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and out.stdout == "" and "optimizer=muon orthogonalizes whole matrices" in out.stderr
+
+
 def planned(monkeypatch, available: int, **shape) -> str:
     """describe() of MODELS[0]'s run on a CPU with ``available`` bytes free, the probe's timings stubbed."""
     monkeypatch.setattr(plan_module, "available_memory", lambda device: available)
