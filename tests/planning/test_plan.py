@@ -413,3 +413,19 @@ def test_a_cpus_processes_are_planned_in_its_memory_together(monkeypatch):
     assert f"  machine      {machine:>10}  predicted for the 2 processes on this machine" in text
     assert describe(planned(monkeypatch, 2 * plan.memory.peak - 1, shards=2, checkpointing=True,
                             local_processes=2)).count("DOES NOT FIT") == 1
+
+
+@pytest.mark.slow
+def test_a_real_fsdp_run_holds_the_planned_shard(tmp_path, verdict_path):
+    # train.py model=tiny trainer=fsdp on two CPU processes: the elements of the weights each rank holds once
+    # training starts (tests/training_parts.py's ModelBuildProbe) against the planner's per-device weights.
+    from ..training.test_distributed import run_train
+
+    probe = ("+callbacks.build._target_=tests.training_parts.ModelBuildProbe", f"+callbacks.build.dirpath={tmp_path}")
+    run_train(tmp_path / "fsdp", verdict_path, "trainer=fsdp", "trainer.devices=2", "trainer.max_steps=1",
+              "trainer.val_check_interval=1", *probe)
+    held = [json.loads((tmp_path / f"build-rank{rank}.json").read_text())["held"] for rank in (0, 1)]
+    cfg = GPTConfig(**{**TINY_CFG, "context_length": 32, "n_heads": 2})  # conf/model/tiny.yaml, run_train's context
+    planned = plan_memory(cfg, 1, 32, "cpu", shards=2).weights // FP32_BYTES
+    # Rank zero holds 25,129 of the embedding's and head's 50,257 rows, rank one 25,128.
+    assert held == [planned, parameter_count(cfg) - planned]
