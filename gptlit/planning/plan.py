@@ -27,10 +27,11 @@ their reduce-scatter, and the collectives' buffers; nothing here has been measur
 
 Time comes from a probe of the real step: one and two transformer blocks of the configured width trained for a
 few steps on the device, in the configured precision, with the configured optimizer. A block's time is the
-difference, the rest (embeddings, output head, loss, optimizer) the remainder, and the full depth is
-extrapolated from them; the probe needs the memory of two blocks, not of the model. With activation checkpointing
-its blocks are recomputed in the backward pass as training's are. It runs on one device, unsharded: a sharded
-run's all-gathers and reduce-scatters are not in its time.
+difference, at least its matmuls' time at the device's measured rate (a load that comes or goes between the two
+timings can swallow the difference), the rest (embeddings, output head, loss, optimizer) the remainder, and the
+full depth is extrapolated from them; the probe needs the memory of two blocks, not of the model. With activation
+checkpointing its blocks are recomputed in the backward pass as training's are. It runs on one device, unsharded:
+a sharded run's all-gathers and reduce-scatters are not in its time.
 """
 
 from __future__ import annotations
@@ -284,6 +285,9 @@ class StepProbe:
     rest: float
     per_block: float
     whole: float | None = None
+    # Set when the one- and two-block times differed by less than a block's matmuls take at the measured rate
+    # (the machine's load changed between them): that difference. per_block is then the matmuls' time.
+    noise: float | None = None
 
     def step_seconds(self, n_layers: int) -> float:
         return self.whole if self.whole is not None else self.rest + n_layers * self.per_block
@@ -291,8 +295,13 @@ class StepProbe:
     def describe(self) -> str:
         if self.whole is not None:
             return f"3 real steps of the whole model: {self.whole * 1e3:.1f} ms per micro-batch step"
+        rest = f"the rest (embeddings, head, loss, AdamW) {self.rest * 1e3:.1f} ms"
+        if self.noise is not None:
+            return (f"the model does not fit, so one and two blocks were timed, {self.noise * 1e3:.1f} ms apart: less "
+                    "than a block's matmuls take at the measured rate (this machine's load changed between them), so a "
+                    f"block counts as its matmuls, {self.per_block * 1e3:.1f} ms; {rest}")
         return (f"the model does not fit, so one and two blocks were timed: a block adds {self.per_block * 1e3:.1f} ms "
-                f"to a micro-batch step, the rest (embeddings, head, loss, AdamW) {self.rest * 1e3:.1f} ms")
+                f"to a micro-batch step, {rest}")
 
 
 def available_memory(device: torch.device) -> int:
@@ -324,12 +333,21 @@ def system_available_memory() -> int:
         return 0
 
 
-def probe_step(run: RunShape, fits: bool) -> StepProbe:
+def probe_step(run: RunShape, fits: bool, matmul_flops: float) -> StepProbe:
+    """Time the run's step (see StepProbe); ``matmul_flops``, the rate the device runs the step's matmuls at,
+    bounds a block's time from below."""
     if fits:
         return StepProbe(rest=0.0, per_block=0.0, whole=time_steps(run, run.config))
-    one, two = (time_steps(run, replace(run.config, n_layers=n), steps=5) for n in (1, 2))
-    per_block = max(two - one, 0.0)
-    return StepProbe(rest=max(one - per_block, 0.0), per_block=per_block)
+    cfg, seq_len = run.config, run.config.context_length
+    one, two = (time_steps(run, replace(cfg, n_layers=n), steps=5) for n in (1, 2))
+    # On a shared machine a load that comes or goes between the two timings can swallow a block's share, which
+    # made a block cost 0 ms and gpt1558m's plan an MFU of 10 (every block's FLOPs in the rest's time).
+    block_flops = training_flops_per_token(replace(cfg, n_layers=2), seq_len) - training_flops_per_token(
+        replace(cfg, n_layers=1), seq_len)
+    least = block_flops * run.micro_batch * seq_len / matmul_flops
+    if two - one >= least:
+        return StepProbe(rest=max(one - (two - one), 0.0), per_block=two - one)
+    return StepProbe(rest=max(one - least, 0.0), per_block=least, noise=two - one)
 
 
 @dataclass
@@ -427,6 +445,7 @@ def plan_run(run: RunShape) -> RunPlan:
     whole = plan_memory(cfg, micro_batch, seq_len, device.type, memory.baseline, run.muon,
                         checkpointing=run.checkpointing)
     fits = whole.peak - whole.baseline < 0.8 * available
+    matmul_flops = step_peak_flops(cfg, micro_batch * seq_len, device, matmul_dtype)
     # What sharding would take: with the run's own checkpointing, or trainer=fsdp's default (on) for a run
     # not sharded yet.
     shards_to_fit = None
@@ -444,8 +463,8 @@ def plan_run(run: RunShape) -> RunPlan:
         precision=run.precision,
         memory=memory,
         flops_per_token=training_flops_per_token(cfg, seq_len),
-        matmul_flops=step_peak_flops(cfg, micro_batch * seq_len, device, matmul_dtype),
-        probe=probe_step(run, fits),
+        matmul_flops=matmul_flops,
+        probe=probe_step(run, fits, matmul_flops),
         steps=run.steps,
         steps_per_epoch=run.steps_per_epoch,
         budget=run.budget,

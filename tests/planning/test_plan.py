@@ -16,6 +16,7 @@ from gptlit.core.families import build_model, model_config
 from gptlit.core.llama import LlamaConfig
 from gptlit.core.model import GPTConfig
 from gptlit.files import human_bytes
+from gptlit.planning.flops import training_flops_per_token
 from gptlit.planning.plan import (
     FP32_BYTES,
     activation_bytes_per_token,
@@ -429,3 +430,31 @@ def test_a_real_fsdp_run_holds_the_planned_shard(tmp_path, verdict_path):
     planned = plan_memory(cfg, 1, 32, "cpu", shards=2).weights // FP32_BYTES
     # Rank zero holds 25,129 of the embedding's and head's 50,257 rows, rank one 25,128.
     assert held == [planned, parameter_count(cfg) - planned]
+
+
+def test_a_block_costs_at_least_its_matmuls_when_the_machines_load_swallows_it(monkeypatch):
+    # On a shared 2-core machine one block once timed slower than two: a block cost 0.0 ms, the plan of gpt1558m
+    # counted 48 blocks' FLOPs in the rest's 7.3 s and printed MFU 10.25.
+    cfg = GPTConfig(**TINY_CFG)
+    rate = 1e9
+    block_seconds = (training_flops_per_token(replace(cfg, n_layers=2))
+                     - training_flops_per_token(replace(cfg, n_layers=1))) * 2 * cfg.context_length / rate
+    monkeypatch.setattr(plan_module, "available_memory", lambda device: 10**6)  # the model does not fit: blocks
+    monkeypatch.setattr(plan_module, "step_peak_flops", lambda *args: rate)
+    shape = RunShape(config=cfg, micro_batch=2, devices=1, accumulation=1, device=torch.device("cpu"),
+                     precision="32-true", autocast_dtype=None,
+                     optimizer_factory=lambda model: torch.optim.AdamW(model.parameters()), steps=3, steps_per_epoch=3,
+                     budget="max_steps", baseline=0)
+    for one, two in [(7.4, 7.3), (7.3, 7.3 + block_seconds / 2)]:
+        monkeypatch.setattr(plan_module, "time_steps", lambda run, c, steps=3: {1: one, 2: two}[c.n_layers])
+        plan = plan_run(shape)
+        assert plan.probe.per_block == pytest.approx(block_seconds) and plan.probe.noise == pytest.approx(two - one)
+        assert plan.probe.rest == pytest.approx(one - block_seconds) and plan.mfu < 1
+        assert (f"one and two blocks were timed, {(two - one) * 1e3:.1f} ms apart: less than a block's matmuls take "
+                f"at the measured rate") in describe(plan)
+    # A difference above the matmuls' time is the block's, as before.
+    monkeypatch.setattr(plan_module, "time_steps",
+                        lambda run, c, steps=3: {1: 7.3, 2: 7.3 + 2 * block_seconds}[c.n_layers])
+    probe = plan_run(shape).probe
+    assert probe.per_block == pytest.approx(2 * block_seconds) and probe.noise is None
+    assert "a block adds" in describe(plan_run(shape))
