@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gptlit.cli.build import apply_tokenizer
+from gptlit.cli.build import apply_tokenizer, sharded
 from gptlit.cli.command_line import CONFIG_DIR, check_group_choices
 from gptlit.cli.user_errors import exit_on_user_error, fail
 from gptlit.core.device import pick_device, precision_dtype
@@ -33,12 +33,16 @@ def compose_train(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def nodes_of(trainer: DictConfig) -> int:
+    return int(trainer.get("num_nodes", 1) or 1)
+
+
 def devices_of(trainer: DictConfig, device: torch.device) -> int:
     devices = trainer.devices
     if devices in ("auto", -1, "-1"):
         devices = torch.cuda.device_count() if device.type == "cuda" else 1
     count = len(devices) if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices) else int(devices)
-    return count * int(trainer.get("num_nodes", 1) or 1)
+    return count * nodes_of(trainer)
 
 
 def plan(cfg: DictConfig) -> str:
@@ -71,12 +75,18 @@ def plan(cfg: DictConfig) -> str:
         batches_per_evaluation(limit, math.ceil(len(windows) / micro_batch / devices))
         for windows in (datamodule.train_set, datamodule.val_set)
     )
+    strategy = cfg.trainer.get("strategy")
+    fsdp = sharded(strategy)
     run = plan_run(RunShape(
         config=model, micro_batch=micro_batch, devices=devices, accumulation=accumulation, device=device,
         precision=precision, autocast_dtype=precision_dtype(precision) if precision.endswith("-mixed") else None,
         optimizer_factory=instantiate(cfg.optimizer), steps=steps, steps_per_epoch=steps_per_epoch, budget=budget,
         baseline=baseline, evaluations=evaluations, eval_batches=eval_batches,
         muon=cfg.optimizer.get("_target_") == "gptlit.training.muon.MuonAdamW",
+        shards=devices if fsdp else 1,
+        checkpointing=fsdp and bool(strategy.get("activation_checkpointing", False)),
+        # A CPU's devices are processes of one machine, in its memory together; each GPU has its own.
+        local_processes=devices // nodes_of(cfg.trainer) if device.type == "cpu" else 1,
     ))
     return describe(run)
 
@@ -87,7 +97,9 @@ python plan.py [group=option ...] [key=value ...]        (the overrides of train
 What a training run will cost before it runs, trained nothing: parameters, FLOPs per token, memory per device
 (weights, gradients, AdamW state, activations, the predicted peak, and whether it fits what the device has
 free), the device's measured matmul rate, a short probe of the real step, then the predicted tokens/s, MFU,
-time per epoch and for the whole run; on a GPU also the largest micro-batch that fits.
+time per epoch and for the whole run; on a GPU also the largest micro-batch that fits. Under trainer=fsdp the
+memory is one rank's: its shard of the weights, gradients and AdamW state, the full weights gathered while
+they run, and the activations the recomputed blocks keep.
 
 How long it takes: the probe times a few real steps (seconds for small models, a minute or more for the
 largest on a CPU). The corpus is read as train.py reads it, to count an epoch's steps: a data=textfiles or
@@ -101,12 +113,14 @@ and nothing afterwards (train.py reuses it).
   trainer.max_tokens=N | trainer.max_steps=N | trainer.max_epochs=N   the run's length
   trainer.precision=32-true|bf16-mixed               default auto: measured on this device
   trainer.devices=N  trainer.num_nodes=N             data-parallel ranks
+  trainer=fsdp                                       the weights, gradients and AdamW state sharded across them
   experiment=NAME                                    a recipe (conf/experiment/)
 
 == Examples ==
   python plan.py                                     the default run: GPT-2 124M on The Verdict
   python plan.py experiment=book_appendix_d
   python plan.py model=gpt1558m data.context_length=1024
+  python plan.py model=gpt1558m data.context_length=1024 trainer=fsdp trainer.devices=8
   python plan.py model=tiny data=textfiles data.path=corpus/ trainer.max_tokens=1e7
 """
 
