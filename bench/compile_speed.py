@@ -17,12 +17,11 @@ runs (tests/test_bench.py); its figures mean nothing.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import tempfile
 
-from train_throughput import ROOT, SMOKE_OVERRIDES, compose_config, lightning_worker, machine
+from train_throughput import ROOT, SMOKE_OVERRIDES, Contenders, compose_config, lightning_worker, machine
 
 CONTENDERS = {"eager": "trainer.compile=false", "compiled": "trainer.compile=true"}
 
@@ -47,24 +46,10 @@ def main() -> None:
     print(f"overrides: {args.override or 'none'}; {tokens} tokens a step")
     print(f"{args.warmup} warm-up steps (compiling), then {args.rounds} rounds of {args.steps} steps each, taking turns")
 
-    ctx = mp.get_context("spawn")
-    conns, procs = {}, {}
-    for kind, setting in CONTENDERS.items():
-        parent, child = ctx.Pipe()
-        # The setting comes last, so an --override of trainer.compile cannot make both contenders alike.
-        procs[kind] = ctx.Process(target=lightning_worker, args=(child, args.data, [*args.override, setting]),
-                                  daemon=True)
-        procs[kind].start()
-        conns[kind] = parent
-    for kind, conn in conns.items():
-        tag, _ = conn.recv()
-        assert tag == "ready", (kind, tag)
-
-    def turn(kind: str, n: int) -> list[float]:
-        conns[kind].send(("run", n))
-        tag, times = conns[kind].recv()
-        assert tag == "times", (kind, tag)
-        return times
+    # The setting comes last, so an --override of trainer.compile cannot make both contenders alike.
+    contenders = Contenders({kind: (lightning_worker, (args.data, [*args.override, setting]))
+                             for kind, setting in CONTENDERS.items()})
+    conns, turn = contenders.conns, contenders.turn
 
     # One after the other, not at once: two compilations in parallel would each take the other's cores.
     first = {kind: turn(kind, args.warmup)[0] for kind in conns}
@@ -73,11 +58,7 @@ def main() -> None:
         for kind in conns:
             rounds[kind].append(statistics.median(turn(kind, args.steps)))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in rounds.items()), flush=True)
-    rss = {}
-    for kind, conn in conns.items():
-        conn.send(("stop", 0))
-        rss[kind] = conn.recv()[1]
-        procs[kind].join(timeout=60)
+    rss = contenders.stop()
 
     print()
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")

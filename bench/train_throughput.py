@@ -97,6 +97,39 @@ def serve(conn, step) -> None:
         conn.send(("times", times))
 
 
+class Contenders:
+    """Worker processes, one per contender, each started from ``targets`` (kind: (worker, args)) and answering as
+    ``serve`` does; they take turns because the parent asks one at a time."""
+
+    def __init__(self, targets: dict[str, tuple]):
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = {}, {}
+        for kind, (worker, worker_args) in targets.items():
+            parent, child = ctx.Pipe()
+            self.procs[kind] = ctx.Process(target=worker, args=(child, *worker_args), daemon=True)
+            self.procs[kind].start()
+            self.conns[kind] = parent
+        for kind, conn in self.conns.items():
+            tag, _ = conn.recv()
+            assert tag == "ready", (kind, tag)
+
+    def turn(self, kind: str, n: int) -> list[float]:
+        """The times of ``n`` steps of ``kind``, while the others wait."""
+        self.conns[kind].send(("run", n))
+        tag, times = self.conns[kind].recv()
+        assert tag == "times", (kind, tag)
+        return times
+
+    def stop(self) -> dict[str, int]:
+        """Stop every worker; each one's peak RSS in bytes."""
+        rss = {}
+        for kind, conn in self.conns.items():
+            conn.send(("stop", 0))
+            rss[kind] = conn.recv()[1]
+            self.procs[kind].join(timeout=60)
+        return rss
+
+
 def book_worker(conn, data_path: str, config: dict) -> None:
     import torch
     from llms_from_scratch.ch04 import GPTModel
@@ -257,7 +290,6 @@ def main() -> None:
     print(f"gptlit precision: {precision}; overrides: {args.override or 'none'}")
     print(f"{args.warmup} warm-up steps, then {args.rounds} rounds of {args.steps} steps each, taking turns")
 
-    ctx = mp.get_context("spawn")
     targets = {
         "book": (book_worker, (args.data, book_cfg.to_dict())),
         "plain": (plain_worker, (args.data, args.override)),
@@ -269,22 +301,8 @@ def main() -> None:
         targets[label] = (plain_worker, (args.data, [*args.override, *extra.split(",")]))
         names[label] = f"plain + {extra}"
         args.only.append(label)
-    conns, procs = {}, {}
-    for kind in args.only:
-        parent, child = ctx.Pipe()
-        worker, worker_args = targets[kind]
-        procs[kind] = ctx.Process(target=worker, args=(child, *worker_args), daemon=True)
-        procs[kind].start()
-        conns[kind] = parent
-    for kind, conn in conns.items():
-        tag, _ = conn.recv()
-        assert tag == "ready", (kind, tag)
-
-    def turn(kind: str, n: int) -> list[float]:
-        conns[kind].send(("run", n))
-        tag, times = conns[kind].recv()
-        assert tag == "times", (kind, tag)
-        return times
+    contenders = Contenders({kind: targets[kind] for kind in args.only})
+    conns, turn = contenders.conns, contenders.turn
 
     rates = {torch.float32: [], torch.bfloat16: []}
 
@@ -306,11 +324,7 @@ def main() -> None:
             rounds[kind].append(statistics.median(turn(kind, args.steps)))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rounds.items()), flush=True)
     measure_rates()
-    rss = {}
-    for kind, conn in conns.items():
-        conn.send(("stop", 0))
-        rss[kind] = conn.recv()[1]
-        procs[kind].join(timeout=60)
+    rss = contenders.stop()
 
     tokens = 2 * book_cfg.context_length
     flops = training_flops_per_token(book_cfg) * tokens
