@@ -104,13 +104,10 @@ class GPTLitModule(L.LightningModule):
         if not getattr(self.trainer, "compile_model", False):
             return self.model(inputs)
         if self._compiled_forward is None or self._compiled_forward.model is not self.model:
-            self._compile_forward()
+            # At the first step rather than when the module is built: by then the strategy has moved, wrapped or
+            # sharded self.model, and the compiled code is made for the model that trains.
+            self._compiled_forward = CompiledForward(self.model)
         return self._compiled_forward(inputs)
-
-    def _compile_forward(self) -> None:
-        # At the first step rather than when the module is built: by then the strategy has moved, wrapped or
-        # sharded self.model, and the compiled code is made for the model that trains.
-        self._compiled_forward = CompiledForward(self.model)
 
     def check_optimization(self) -> None:
         """Build the optimizer and the schedule once, and drop them, so that a bad setting (optimizer.lr=abc) is

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -73,7 +74,8 @@ def test_fsdp_trains_as_ddp_does_builds_once_and_exports_the_books_weights(tmp_p
     write_hellaswag(hellaswag, [("A man sits. He", ["stands up", "is a dog", "eats", "runs away fast"])] * 5,
                     [0, 1, 2, 3, 0])
     common = ("trainer.devices=2", "data.batch_size=7", "data.shuffle=true", "model.drop_rate=0.1",
-              "callbacks=hellaswag", "callbacks.hellaswag.every_n_steps=3", f"callbacks.hellaswag.path={hellaswag}")
+              "callbacks=hellaswag", "callbacks.hellaswag.every_n_steps=3", f"callbacks.hellaswag.path={hellaswag}",
+              "trainer.gradient_clip_val=0.3")  # the gradient norm is 0.36-0.46 here: every step is clipped
     ddp_dir, ddp_out = run_train(tmp_path / "ddp", verdict_path, "trainer=ddp", *common)
     probe = ("+callbacks.build._target_=tests.training_parts.ModelBuildProbe", f"+callbacks.build.dirpath={tmp_path}")
     fsdp_dir, fsdp_out = run_train(tmp_path / "fsdp", verdict_path, "trainer=fsdp", *common, *probe)
@@ -83,6 +85,10 @@ def test_fsdp_trains_as_ddp_does_builds_once_and_exports_the_books_weights(tmp_p
     # makes (test_distributed). Activation checkpointing replays the same dropout masks.
     torch.testing.assert_close(eval_losses(fsdp_dir), eval_losses(ddp_dir), rtol=0, atol=1e-5)
     assert max_weight_diff(final_weights(fsdp_dir), final_weights(ddp_dir)) < 1e-4
+    # The norm of sharded gradients (DTensors) adds the shards' squares across ranks: DDP's norm, clipped alike
+    # (measured within 2e-4 relative; one rank's shard alone would give about 0.7 of it).
+    torch.testing.assert_close(grad_norms(fsdp_dir), grad_norms(ddp_dir), rtol=1e-3, atol=0)
+    assert grad_norms(ddp_dir).min() > 0.3
     hellaswag_lines = [line for line in fsdp_out.splitlines() if line.startswith("HellaSwag at step")]
     assert hellaswag_lines == [line for line in ddp_out.splitlines() if line.startswith("HellaSwag at step")]
     assert len(hellaswag_lines) == 2
@@ -106,6 +112,12 @@ def test_fsdp_trains_as_ddp_does_builds_once_and_exports_the_books_weights(tmp_p
     book.load_state_dict(torch.load(fsdp_dir / "model.pth", weights_only=True), strict=False)
     idx = torch.randint(0, config.vocab_size, (2, 16))
     torch.testing.assert_close(book.eval()(idx), ours.eval()(idx), rtol=0, atol=1e-5)
+
+
+def grad_norms(run_dir) -> torch.Tensor:
+    """train/grad_norm of every optimizer step, before clipping, from the run's CSV log."""
+    with open(run_dir / "csv" / "metrics.csv", newline="") as f:
+        return torch.tensor([float(r["train/grad_norm"]) for r in csv.DictReader(f) if r["train/grad_norm"]])
 
 
 @pytest.mark.slow
