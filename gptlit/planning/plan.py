@@ -43,15 +43,14 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from gptlit.core.device import synchronize
 from gptlit.core.families import ModelConfig, build_model
+from gptlit.core.recompute import recompute_in_backward
 from gptlit.errors import UserError
 from gptlit.files import human_bytes
 from gptlit.planning.flops import matmul_parameters, step_peak_flops, training_flops_per_token
@@ -258,7 +257,7 @@ def time_steps(run: RunShape, cfg: ModelConfig, steps: int = 3) -> float:
     if run.checkpointing:
         # As trainer=fsdp runs its blocks: each forward again in the backward pass, part of the step's time.
         for block in model.trf_blocks:
-            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+            recompute_in_backward(block)
     optimizer = run.optimizer_factory(model)  # given the model, as training gives it (decay rules, Muon's split)
     tokens = torch.randint(0, cfg.vocab_size, (run.micro_batch, cfg.context_length + 1), generator=generator).to(device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]

@@ -19,6 +19,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from gptlit.core.recompute import recompute_in_backward
+
 
 class FullyShardedStrategy(ModelParallelStrategy):
     """FSDP over every rank of the run (data parallel across all of them, no tensor parallelism).
@@ -67,7 +69,6 @@ class FullyShardedStrategy(ModelParallelStrategy):
         set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
         if hasattr(model, "reset_rope"):
             model.reset_rope(self.root_device)  # buffers outside the state dict: computed, not broadcast
-        del full
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """The full optimizer state on rank zero, keyed by parameter number as ``Optimizer.state_dict()`` keys it
@@ -95,18 +96,3 @@ def numbered(state: dict[str, Any]) -> dict[str, Any]:
         groups.append({**group, "params": ids})
     return {"state": {number[name]: value for name, value in state["state"].items()}, "param_groups": groups}
 
-
-def recompute_in_backward(block: nn.Module) -> None:
-    """Make ``block``'s forward keep no activations; the backward pass runs it again. The block stays the same
-    module under the same name (a wrapper module would rename every parameter in the state dict). Dropout's
-    random numbers are replayed in the recompute and the global generator ends where it would without it."""
-    from torch.utils.checkpoint import checkpoint
-
-    forward = block.forward
-
-    def forward_recomputed_in_backward(*args, **kwargs):
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)  # evaluation keeps nothing for a backward anyway
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-    block.forward = forward_recomputed_in_backward

@@ -16,6 +16,7 @@ from gptlit.core.families import ModelConfig, build_model, model_config
 from gptlit.core.tokenizer import load_tokenizer
 from gptlit.errors import UserError
 from gptlit.training.compile import CompiledForward
+from gptlit.training.fsdp import shards_weights
 from gptlit.training.nonfinite import NonFiniteGuard
 from gptlit.console import show
 from gptlit.weights.io import init_model
@@ -94,9 +95,8 @@ class GPTLitModule(L.LightningModule):
     def configure_model(self) -> None:
         """Shard the model where the strategy shards (trainer=fsdp: gptlit.training.fsdp), on every rank, before
         the optimizer is built; everywhere else the model stays as it is."""
-        shard = getattr(self.trainer.strategy, "shard", None)
-        if shard is not None:
-            shard(self.model)
+        if shards_weights(self.trainer):
+            self.trainer.strategy.shard(self.model)
 
     def _forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """The logits of training and validation steps: compiled under trainer.compile=true, eager otherwise.

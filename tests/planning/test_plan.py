@@ -34,7 +34,7 @@ from gptlit.planning.plan import (
     steps_for,
 )
 from gptlit.planning import plan as plan_module
-from gptlit.training.fsdp import recompute_in_backward
+from gptlit.core.recompute import recompute_in_backward
 
 from ..conftest import ROOT, TINY_CFG, find_verdict
 
